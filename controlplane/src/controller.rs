@@ -1,0 +1,499 @@
+//! The controller: the single writer of the metadata store.
+//!
+//! Every write goes through one actor task ([`Controller::run`]) that owns the write side:
+//! WAL-object commits (the offset sequencer) and topic administration. Commits that are queued
+//! together go into one metadata transaction (group commit); every transaction is fenced by this
+//! control plane's epoch, so a deposed control plane can never commit. Reads (index look-ups,
+//! topics, watermarks) go straight to the store or to the shared caches the actor updates after
+//! each successful transaction.
+
+use crate::meta::{keys, Cond, MetaError, MetaStore, Op};
+use bytes::Bytes;
+use prost::Message;
+use sluice_rpc::configs::{validate_topic_config, validate_topic_name};
+use sluice_rpc::{
+    body::Body, AdminReply, ChunkResult, CommitWal, CommitWalReply, Envelope, IndexEntry, NewTopic, Topic, TopicResult,
+    Watermark, Watermarks,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Kafka error codes the controller answers with.
+pub mod code {
+    pub const NONE: i32 = 0;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i32 = 3;
+    pub const NOT_CONTROLLER: i32 = 41;
+    pub const KAFKA_STORAGE_ERROR: i32 = 56;
+    pub const INVALID_TOPIC_EXCEPTION: i32 = 17;
+    pub const TOPIC_ALREADY_EXISTS: i32 = 36;
+    pub const INVALID_PARTITIONS: i32 = 37;
+    pub const INVALID_REQUEST: i32 = 42;
+    pub const INVALID_CONFIG: i32 = 40;
+}
+
+/// Most partitions one topic may have (a guard against requests that would allocate millions).
+pub const MAX_PARTITIONS: i32 = 100_000;
+/// Most commits folded into one metadata transaction.
+const GROUP_COMMIT_MAX: usize = 256;
+
+/// A stream's offsets as the sequencer knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamState {
+    pub log_start: i64,
+    pub hwm: i64,
+}
+
+/// State shared between the actor (writer) and the request handlers (readers).
+pub struct Shared<M> {
+    pub store: M,
+    pub epoch: u64,
+    /// Revision at which this control plane wrote its epoch: the version every commit checks.
+    pub epoch_version: u64,
+    pub cluster_id: String,
+    pub topics: RwLock<BTreeMap<String, Topic>>,
+    pub streams: RwLock<HashMap<u64, StreamState>>,
+    /// Pushed to every data plane connection: encoded notification frames.
+    pub notify: broadcast::Sender<Arc<Vec<u8>>>,
+}
+
+enum Command {
+    Commit(CommitWal, oneshot::Sender<Result<CommitWalReply, MetaError>>),
+    Create(Vec<NewTopic>, bool, oneshot::Sender<AdminReply>),
+    Delete(Vec<String>, oneshot::Sender<AdminReply>),
+    Partitions(Vec<(String, i32)>, bool, oneshot::Sender<AdminReply>),
+}
+
+/// Handle to the controller actor.
+#[derive(Clone)]
+pub struct Controller<M> {
+    pub shared: Arc<Shared<M>>,
+    tx: mpsc::Sender<Command>,
+}
+
+impl<M: MetaStore + Clone> Controller<M> {
+    /// Takes over the store: bumps the epoch (fencing any older control plane), loads topics and
+    /// watermarks, and starts the actor.
+    pub async fn start(store: M) -> Result<Self, MetaError> {
+        let (epoch, epoch_version) = loop {
+            let current = store.get(&keys::epoch()).await?;
+            let (next, expected) = match &current {
+                Some(v) => (decode_u64(&v.value) + 1, Some(v.version)),
+                None => (1, None),
+            };
+            match store.put(&keys::epoch(), Bytes::copy_from_slice(&next.to_be_bytes()), expected).await {
+                Ok(version) => break (next, version),
+                Err(MetaError::ConditionFailed) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let cluster_id = match store.get(&keys::cluster_id()).await? {
+            Some(v) => String::from_utf8_lossy(&v.value).into_owned(),
+            None => {
+                let id = kafka_cluster_id();
+                match store.put(&keys::cluster_id(), Bytes::from(id.clone()), None).await {
+                    Ok(_) => id,
+                    Err(MetaError::ConditionFailed) => {
+                        String::from_utf8_lossy(&store.get(&keys::cluster_id()).await?.expect("just set").value).into_owned()
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let mut topics = BTreeMap::new();
+        let (a, b) = keys::topics();
+        for (_, v) in store.range(&a, &b, usize::MAX).await? {
+            let t = Topic::decode(v.value).map_err(|e| MetaError::Backend(format!("bad topic record: {e}")))?;
+            topics.insert(t.name.clone(), t);
+        }
+        let mut streams = HashMap::new();
+        for t in topics.values() {
+            for s in &t.streams {
+                streams.insert(*s, StreamState::default());
+            }
+        }
+        for t in topics.values() {
+            for s in &t.streams {
+                if let Some(v) = store.get(&keys::hwm(*s)).await? {
+                    let w = Watermark::decode(v.value).map_err(|e| MetaError::Backend(format!("bad hwm record: {e}")))?;
+                    streams.insert(*s, StreamState { log_start: w.log_start, hwm: w.high_watermark });
+                }
+            }
+        }
+        let (notify, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            store,
+            epoch,
+            epoch_version,
+            cluster_id,
+            topics: RwLock::new(topics),
+            streams: RwLock::new(streams),
+            notify,
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(run(shared.clone(), rx));
+        Ok(Self { shared, tx })
+    }
+
+    /// Commits a durable WAL object: assigns offsets to every chunk.
+    pub async fn commit(&self, req: CommitWal) -> Result<CommitWalReply, MetaError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Commit(req, tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Creates topics.
+    pub async fn create_topics(&self, topics: Vec<NewTopic>, validate_only: bool) -> AdminReply {
+        self.ask(|tx| Command::Create(topics, validate_only, tx)).await
+    }
+
+    /// Deletes topics.
+    pub async fn delete_topics(&self, names: Vec<String>) -> AdminReply {
+        self.ask(|tx| Command::Delete(names, tx)).await
+    }
+
+    /// Raises partition counts.
+    pub async fn create_partitions(&self, incs: Vec<(String, i32)>, validate_only: bool) -> AdminReply {
+        self.ask(|tx| Command::Partitions(incs, validate_only, tx)).await
+    }
+
+    async fn ask(&self, cmd: impl FnOnce(oneshot::Sender<AdminReply>) -> Command) -> AdminReply {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(cmd(tx)).await.is_err() {
+            return AdminReply::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Index entries of a stream from the one holding `offset`.
+    pub async fn lookup(&self, stream: u64, offset: i64, max: usize) -> Result<Vec<IndexEntry>, MetaError> {
+        let (a, b) = keys::index_from(stream, offset);
+        let rows = self.shared.store.range(&a, &b, max).await?;
+        rows.into_iter()
+            .map(|(_, v)| IndexEntry::decode(v.value).map_err(|e| MetaError::Backend(format!("bad index entry: {e}"))))
+            .collect()
+    }
+
+    /// First index entry of a stream whose max timestamp is at or after `ts`.
+    pub async fn offset_for_time(&self, stream: u64, ts: i64) -> Result<Option<IndexEntry>, MetaError> {
+        let mut from = self.watermark(stream).map(|w| w.log_start).unwrap_or(0);
+        loop {
+            let entries = self.lookup(stream, from, 1024).await?;
+            let Some(last) = entries.last() else { return Ok(None) };
+            from = last.end_offset;
+            if let Some(e) = entries.into_iter().find(|e| e.max_timestamp >= ts) {
+                return Ok(Some(e));
+            }
+        }
+    }
+
+    /// A stream's watermarks, if the stream exists.
+    pub fn watermark(&self, stream: u64) -> Option<StreamState> {
+        self.shared.streams.read().expect("poisoned").get(&stream).copied()
+    }
+}
+
+fn stopped() -> MetaError {
+    MetaError::Backend("controller stopped".into())
+}
+
+fn decode_u64(b: &[u8]) -> u64 {
+    b.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// A Kafka-style cluster id: 16 random bytes in URL-safe base64 without padding (22 chars).
+fn kafka_cluster_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut bits: u128 = u128::from_be_bytes(bytes);
+    (0..22)
+        .map(|_| {
+            let c = ALPHABET[(bits & 63) as usize] as char;
+            bits >>= 6;
+            c
+        })
+        .collect()
+}
+
+fn frame(body: Body) -> Arc<Vec<u8>> {
+    Arc::new(sluice_rpc::encode_frame(&Envelope { request_id: 0, body: Some(body) }))
+}
+
+async fn run<M: MetaStore + Clone>(shared: Arc<Shared<M>>, mut rx: mpsc::Receiver<Command>) {
+    let mut pending = Vec::new();
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Command::Commit(req, reply) => {
+                pending.push((req, reply));
+                // Group commit: everything already queued behind this commit joins its transaction.
+                while pending.len() < GROUP_COMMIT_MAX {
+                    match rx.try_recv() {
+                        Ok(Command::Commit(req, reply)) => pending.push((req, reply)),
+                        Ok(other) => {
+                            commit_group(&shared, std::mem::take(&mut pending)).await;
+                            admin(&shared, other).await;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !pending.is_empty() {
+                    commit_group(&shared, std::mem::take(&mut pending)).await;
+                }
+            }
+            other => admin(&shared, other).await,
+        }
+    }
+}
+
+type Pending = (CommitWal, oneshot::Sender<Result<CommitWalReply, MetaError>>);
+
+fn epoch_cond<M>(shared: &Shared<M>) -> Cond {
+    // The epoch key's version is the revision at which this control plane wrote its epoch; a
+    // newer control plane rewrites it, and every later commit of ours then fails.
+    Cond::Version(keys::epoch(), shared.epoch_version)
+}
+
+
+async fn commit_group<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>) {
+    // A commit retried by a data plane (its first reply was lost) gets the offsets it was given.
+    let mut fresh = Vec::with_capacity(group.len());
+    for (req, reply) in group {
+        match shared.store.get(&keys::wal_object(&req.object_key)).await {
+            Ok(Some(v)) => {
+                let _ = reply.send(CommitWalReply::decode(v.value).map_err(|e| MetaError::Backend(e.to_string())));
+            }
+            Ok(None) => fresh.push((req, reply)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+    if fresh.is_empty() {
+        return;
+    }
+    let mut next: HashMap<u64, StreamState> = HashMap::new();
+    let mut ops = Vec::new();
+    let mut replies = Vec::with_capacity(fresh.len());
+    {
+        let streams = shared.streams.read().expect("poisoned");
+        for (req, _) in &fresh {
+            let mut results = Vec::with_capacity(req.chunks.len());
+            for c in &req.chunks {
+                let Some(cur) = next.get(&c.stream_id).or_else(|| streams.get(&c.stream_id)).copied() else {
+                    results.push(ChunkResult { error: code::UNKNOWN_TOPIC_OR_PARTITION, ..Default::default() });
+                    continue;
+                };
+                let base = cur.hwm;
+                let end = base + c.offset_count as i64;
+                let entry = IndexEntry {
+                    base_offset: base,
+                    end_offset: end,
+                    object_key: req.object_key.clone(),
+                    position: c.position,
+                    length: c.length,
+                    crc: c.crc,
+                    max_timestamp: c.max_timestamp,
+                    batch_count: c.batch_count,
+                };
+                ops.push(Op::Put(keys::index(c.stream_id, end), Bytes::from(entry.encode_to_vec())));
+                next.insert(c.stream_id, StreamState { log_start: cur.log_start, hwm: end });
+                results.push(ChunkResult { error: code::NONE, base_offset: base, high_watermark: end, log_start: cur.log_start });
+            }
+            let reply = CommitWalReply { chunks: results };
+            ops.push(Op::Put(keys::wal_object(&req.object_key), Bytes::from(reply.encode_to_vec())));
+            replies.push(reply);
+        }
+    }
+    for (s, st) in &next {
+        let w = Watermark { stream_id: *s, log_start: st.log_start, high_watermark: st.hwm };
+        ops.push(Op::Put(keys::hwm(*s), Bytes::from(w.encode_to_vec())));
+    }
+    match shared.store.txn(vec![epoch_cond(shared)], ops).await {
+        Ok(_) => {
+            let mut streams = shared.streams.write().expect("poisoned");
+            let mut marks = Vec::with_capacity(next.len());
+            for (s, st) in next {
+                if let Some(slot) = streams.get_mut(&s) {
+                    *slot = st;
+                    marks.push(Watermark { stream_id: s, log_start: st.log_start, high_watermark: st.hwm });
+                }
+            }
+            drop(streams);
+            let _ = shared.notify.send(frame(Body::Watermarks(Watermarks { streams: marks })));
+            for ((_, tx), reply) in fresh.into_iter().zip(replies) {
+                let _ = tx.send(Ok(reply));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, commits = fresh.len(), "commit transaction failed");
+            for (_, tx) in fresh {
+                let _ = tx.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+async fn admin<M: MetaStore>(shared: &Shared<M>, cmd: Command) {
+    match cmd {
+        Command::Commit(..) => unreachable!("commits are grouped by run()"),
+        Command::Create(topics, validate_only, tx) => {
+            let mut results = Vec::with_capacity(topics.len());
+            for t in topics {
+                results.push(create_topic(shared, t, validate_only).await);
+            }
+            let _ = tx.send(AdminReply { results });
+        }
+        Command::Delete(names, tx) => {
+            let mut results = Vec::with_capacity(names.len());
+            for n in names {
+                results.push(delete_topic(shared, n).await);
+            }
+            let _ = tx.send(AdminReply { results });
+        }
+        Command::Partitions(incs, validate_only, tx) => {
+            let mut results = Vec::with_capacity(incs.len());
+            for (name, count) in incs {
+                results.push(add_partitions(shared, name, count, validate_only).await);
+            }
+            let _ = tx.send(AdminReply { results });
+        }
+    }
+}
+
+fn failure(name: String, error: i32, message: impl Into<String>) -> TopicResult {
+    TopicResult { name, error, message: Some(message.into()), topic: None }
+}
+
+fn storage_failure(name: String, e: MetaError) -> TopicResult {
+    tracing::error!(error = %e, topic = %name, "admin transaction failed");
+    let code = if matches!(e, MetaError::ConditionFailed) { code::NOT_CONTROLLER } else { code::KAFKA_STORAGE_ERROR };
+    failure(name, code, e.to_string())
+}
+
+/// Allocates `count` stream ids in `ops`, returning them.
+async fn allocate_streams<M: MetaStore>(shared: &Shared<M>, count: usize, conds: &mut Vec<Cond>, ops: &mut Vec<Op>) -> Result<Vec<u64>, MetaError> {
+    let current = shared.store.get(&keys::next_stream()).await?;
+    let first = current.as_ref().map(|v| decode_u64(&v.value)).unwrap_or(1);
+    conds.push(match &current {
+        Some(v) => Cond::Version(keys::next_stream(), v.version),
+        None => Cond::Absent(keys::next_stream()),
+    });
+    let next = first + count as u64;
+    ops.push(Op::Put(keys::next_stream(), Bytes::copy_from_slice(&next.to_be_bytes())));
+    Ok((first..next).collect())
+}
+
+fn publish_topic<M>(shared: &Shared<M>, topic: Topic) {
+    {
+        let mut streams = shared.streams.write().expect("poisoned");
+        for s in &topic.streams {
+            streams.entry(*s).or_default();
+        }
+    }
+    shared.topics.write().expect("poisoned").insert(topic.name.clone(), topic.clone());
+    let _ = shared.notify.send(frame(Body::Topics(sluice_rpc::Topics { topics: vec![topic] })));
+}
+
+async fn create_topic<M: MetaStore>(shared: &Shared<M>, t: NewTopic, validate_only: bool) -> TopicResult {
+    let name = t.name.clone();
+    if let Err(m) = validate_topic_name(&name) {
+        return failure(name, code::INVALID_TOPIC_EXCEPTION, m);
+    }
+    if shared.topics.read().expect("poisoned").contains_key(&name) {
+        return failure(name.clone(), code::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists."));
+    }
+    if t.partitions < 1 || t.partitions > MAX_PARTITIONS {
+        return failure(name, code::INVALID_PARTITIONS, format!("Number of partitions must be between 1 and {MAX_PARTITIONS}."));
+    }
+    let mut configs: Vec<_> = t.configs.iter().collect();
+    configs.sort();
+    for (k, v) in configs {
+        if let Err(m) = validate_topic_config(k, v) {
+            return failure(name, code::INVALID_CONFIG, m);
+        }
+    }
+    let mut topic = Topic {
+        name: name.clone(),
+        topic_id: uuid::Uuid::new_v4().into_bytes().to_vec(),
+        streams: Vec::new(),
+        configs: t.configs,
+        revision: 0,
+    };
+    if validate_only {
+        return TopicResult { name, error: code::NONE, message: None, topic: None };
+    }
+    let mut conds = vec![epoch_cond(shared), Cond::Absent(keys::topic(&name))];
+    let mut ops = Vec::new();
+    let streams = match allocate_streams(shared, t.partitions as usize, &mut conds, &mut ops).await {
+        Ok(s) => s,
+        Err(e) => return storage_failure(name, e),
+    };
+    topic.streams = streams;
+    ops.push(Op::Put(keys::topic(&name), Bytes::from(topic.encode_to_vec())));
+    match shared.store.txn(conds, ops).await {
+        Ok(rev) => {
+            topic.revision = rev;
+            publish_topic(shared, topic.clone());
+            tracing::info!(topic = %name, partitions = t.partitions, "topic created");
+            TopicResult { name, error: code::NONE, message: None, topic: Some(topic) }
+        }
+        Err(e) => storage_failure(name, e),
+    }
+}
+
+async fn delete_topic<M: MetaStore>(shared: &Shared<M>, name: String) -> TopicResult {
+    let Some(topic) = shared.topics.read().expect("poisoned").get(&name).cloned() else {
+        return failure(name, code::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.");
+    };
+    let mut ops = vec![Op::Delete(keys::topic(&name))];
+    for s in &topic.streams {
+        let (a, b) = keys::stream_all(*s);
+        ops.push(Op::DeleteRange(a, b));
+    }
+    match shared.store.txn(vec![epoch_cond(shared)], ops).await {
+        Ok(_) => {
+            shared.topics.write().expect("poisoned").remove(&name);
+            let mut streams = shared.streams.write().expect("poisoned");
+            for s in &topic.streams {
+                streams.remove(s);
+            }
+            drop(streams);
+            let deleted = sluice_rpc::TopicsDeleted { names: vec![name.clone()], streams: topic.streams.clone() };
+            let _ = shared.notify.send(frame(Body::TopicsDeleted(deleted)));
+            tracing::info!(topic = %name, "topic deleted");
+            TopicResult { name, error: code::NONE, message: None, topic: None }
+        }
+        Err(e) => storage_failure(name, e),
+    }
+}
+
+async fn add_partitions<M: MetaStore>(shared: &Shared<M>, name: String, count: i32, validate_only: bool) -> TopicResult {
+    let Some(mut topic) = shared.topics.read().expect("poisoned").get(&name).cloned() else {
+        return failure(name, code::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.");
+    };
+    let have = topic.streams.len() as i32;
+    if count <= have {
+        return failure(name, code::INVALID_PARTITIONS, format!("Topic currently has {have} partitions, {count} would not be an increase."));
+    }
+    if count > MAX_PARTITIONS {
+        return failure(name, code::INVALID_PARTITIONS, format!("Number of partitions must be at most {MAX_PARTITIONS}."));
+    }
+    if validate_only {
+        return TopicResult { name, error: code::NONE, message: None, topic: None };
+    }
+    let mut conds = vec![epoch_cond(shared)];
+    let mut ops = Vec::new();
+    match allocate_streams(shared, (count - have) as usize, &mut conds, &mut ops).await {
+        Ok(s) => topic.streams.extend(s),
+        Err(e) => return storage_failure(name, e),
+    }
+    ops.push(Op::Put(keys::topic(&name), Bytes::from(topic.encode_to_vec())));
+    match shared.store.txn(conds, ops).await {
+        Ok(rev) => {
+            topic.revision = rev;
+            publish_topic(shared, topic.clone());
+            TopicResult { name, error: code::NONE, message: None, topic: Some(topic) }
+        }
+        Err(e) => storage_failure(name, e),
+    }
+}

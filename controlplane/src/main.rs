@@ -1,0 +1,83 @@
+//! `sluice-controlplane`: metadata, offset sequencing and topic administration for Sluice.
+//!
+//! Start it with a data directory (the embedded metadata store lives in `DATA_DIR/meta.redb`)
+//! and an address for the internal protocol; data planes connect there.
+//!
+//! ```text
+//! sluice-controlplane --data-dir ./data --rpc-listen 127.0.0.1:9093
+//! ```
+
+mod controller;
+mod meta;
+mod server;
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// Sluice control plane.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-controlplane", version, about)]
+struct Args {
+    /// Data directory: holds the embedded metadata store (meta.redb).
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Address the internal protocol listens on (data planes connect here).
+    #[arg(long, env = "SLUICE_RPC_LISTEN", default_value = "127.0.0.1:9093")]
+    rpc_listen: String,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "SLUICE_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => fail(format!("cannot start runtime: {e}")),
+    };
+    if let Err(e) = rt.block_on(run(args)) {
+        fail(e);
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("sluice-controlplane: error: {msg}");
+    std::process::exit(1);
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", args.data_dir.display()))?;
+    let path = args.data_dir.join("meta.redb");
+    let store = meta::RedbMetaStore::open(&path).map_err(|e| format!("cannot open metadata store: {e}"))?;
+    let ctl = controller::Controller::start(store).await.map_err(|e| format!("cannot start controller: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(&args.rpc_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.rpc_listen))?;
+    tracing::info!(
+        rpc = %args.rpc_listen,
+        data_dir = %args.data_dir.display(),
+        epoch = ctl.shared.epoch,
+        cluster_id = %ctl.shared.cluster_id,
+        "control plane ready"
+    );
+    tokio::select! {
+        r = server::serve(listener, ctl) => r.map_err(|e| format!("listener failed: {e}")),
+        _ = shutdown() => {
+            tracing::info!("control plane stopping");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,156 @@
+//! The metadata store, seen through Oxia's primitives: versioned get/put/delete, compare-and-set
+//! on version, ordered range listing, atomic multi-key transactions, a watch feed from a
+//! revision, and ephemeral keys bound to a session.
+//!
+//! The control plane is the only writer; everything it writes goes through [`MetaStore`], so the
+//! embedded backend ([`RedbMetaStore`]) and a networked one (etcd) are interchangeable.
+
+mod redb_store;
+
+pub use redb_store::RedbMetaStore;
+
+use bytes::Bytes;
+use std::future::Future;
+
+/// A value and the revision that last wrote it (its version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// Stored bytes.
+    pub value: Bytes,
+    /// Revision of the write that produced this value.
+    pub version: u64,
+}
+
+/// A condition a transaction checks before it applies its operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cond {
+    /// The key exists at exactly this version.
+    Version(String, u64),
+    /// The key does not exist.
+    Absent(String),
+}
+
+/// A write inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set a key.
+    Put(String, Bytes),
+    /// Set a key that disappears when `session` ends.
+    PutEphemeral(String, Bytes, SessionId),
+    /// Remove a key (no error when absent).
+    Delete(String),
+    /// Remove every key in `[start, end)`.
+    DeleteRange(String, String),
+}
+
+/// Identifies a session that owns ephemeral keys.
+pub type SessionId = u64;
+
+/// One change seen by a watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// Revision of the transaction that made the change.
+    pub revision: u64,
+    /// Key changed.
+    pub key: String,
+    /// New value, `None` when deleted.
+    pub value: Option<Bytes>,
+}
+
+/// Errors of the metadata store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetaError {
+    /// The backend failed (I/O, corruption, lost connection).
+    #[error("metadata store: {0}")]
+    Backend(String),
+    /// A condition of a transaction or a compare-and-set did not hold.
+    #[error("condition failed")]
+    ConditionFailed,
+    /// Watch requested from a revision that is no longer retained.
+    #[error("revision {0} compacted")]
+    Compacted(u64),
+}
+
+/// Result with [`MetaError`].
+pub type MetaResult<T> = Result<T, MetaError>;
+
+/// Oxia's primitives. Every method is atomic; a transaction's operations apply together or not
+/// at all, and all keys it writes get the same new revision as their version.
+pub trait MetaStore: Send + Sync + 'static {
+    /// Reads a key.
+    fn get(&self, key: &str) -> impl Future<Output = MetaResult<Option<Versioned>>> + Send;
+    /// Lists keys in `[start, end)` in order, at most `limit`.
+    fn range(&self, start: &str, end: &str, limit: usize)
+        -> impl Future<Output = MetaResult<Vec<(String, Versioned)>>> + Send;
+    /// Applies `ops` if every condition holds; returns the new revision.
+    fn txn(&self, conds: Vec<Cond>, ops: Vec<Op>) -> impl Future<Output = MetaResult<u64>> + Send;
+    /// Starts a session for ephemeral keys.
+    fn open_session(&self) -> impl Future<Output = MetaResult<SessionId>> + Send;
+    /// Ends a session, deleting its ephemeral keys.
+    fn close_session(&self, session: SessionId) -> impl Future<Output = MetaResult<()>> + Send;
+    /// Changes after `from_revision`, in revision order, then live changes.
+    fn watch(&self, from_revision: u64) -> MetaResult<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>>;
+
+    /// Compare-and-set of one key: `expected` `None` means the key must be absent.
+    fn put(&self, key: &str, value: Bytes, expected: Option<u64>) -> impl Future<Output = MetaResult<u64>> + Send {
+        let cond = match expected {
+            Some(v) => Cond::Version(key.to_string(), v),
+            None => Cond::Absent(key.to_string()),
+        };
+        self.txn(vec![cond], vec![Op::Put(key.to_string(), value)])
+    }
+}
+
+/// The key layout under `/sluice/v1/`.
+pub mod keys {
+    const ROOT: &str = "/sluice/v1/";
+
+    /// The control plane epoch (fences commits of a deposed control plane).
+    pub fn epoch() -> String {
+        format!("{ROOT}cluster/epoch")
+    }
+    /// Cluster id.
+    pub fn cluster_id() -> String {
+        format!("{ROOT}cluster/id")
+    }
+    /// Next stream id to allocate.
+    pub fn next_stream() -> String {
+        format!("{ROOT}cluster/next_stream_id")
+    }
+    /// A registered data plane (ephemeral).
+    pub fn broker(node_id: i32) -> String {
+        format!("{ROOT}cluster/brokers/{node_id:010}")
+    }
+    /// Prefix of every broker key.
+    pub fn brokers() -> (String, String) {
+        (format!("{ROOT}cluster/brokers/"), format!("{ROOT}cluster/brokers0"))
+    }
+    /// A topic.
+    pub fn topic(name: &str) -> String {
+        format!("{ROOT}topics/{name}")
+    }
+    /// Range of every topic key.
+    pub fn topics() -> (String, String) {
+        (format!("{ROOT}topics/"), format!("{ROOT}topics0"))
+    }
+    /// Log start and high watermark of a stream.
+    pub fn hwm(stream: u64) -> String {
+        format!("{ROOT}streams/{stream:020}/hwm")
+    }
+    /// Index entry of a stream, keyed by its exclusive end offset.
+    pub fn index(stream: u64, end_offset: i64) -> String {
+        format!("{ROOT}streams/{stream:020}/index/{end_offset:020}")
+    }
+    /// Every index key of a stream from the entry holding `offset` on.
+    pub fn index_from(stream: u64, offset: i64) -> (String, String) {
+        (index(stream, offset + 1), format!("{ROOT}streams/{stream:020}/index0"))
+    }
+    /// Every key of a stream.
+    pub fn stream_all(stream: u64) -> (String, String) {
+        (format!("{ROOT}streams/{stream:020}/"), format!("{ROOT}streams/{stream:020}0"))
+    }
+    /// A committed WAL object, with the offsets its commit assigned.
+    pub fn wal_object(object_key: &str) -> String {
+        format!("{ROOT}wal/objects/{object_key}")
+    }
+}

@@ -1,0 +1,174 @@
+//! The internal-protocol server: one persistent connection per data plane shard, length-prefixed
+//! [`sluice_rpc::Envelope`] frames, pipelined requests answered as they complete (the request id
+//! pairs them), and pushed notifications (watermarks, topic changes) interleaved.
+
+use crate::controller::{code, Controller};
+use crate::meta::{keys, MetaStore, Op, SessionId};
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use sluice_rpc::body::Body;
+use sluice_rpc::*;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+
+/// Accepts data plane connections until the listener fails.
+pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<M>) -> std::io::Result<()> {
+    loop {
+        let (sock, peer) = listener.accept().await?;
+        let _ = sock.set_nodelay(true);
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            match connection(sock, ctl).await {
+                Ok(()) => tracing::debug!(%peer, "data plane disconnected"),
+                Err(e) => tracing::warn!(%peer, error = %e, "data plane connection closed"),
+            }
+        });
+    }
+}
+
+async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>) -> anyhow::Result<()> {
+    let (mut rd, mut wr) = sock.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Arc<Vec<u8>>>(1024);
+    let mut notes = ctl.shared.notify.subscribe();
+    let writer = tokio::spawn(async move {
+        loop {
+            let frame = tokio::select! {
+                f = out_rx.recv() => match f { Some(f) => f, None => break },
+                n = notes.recv() => match n {
+                    Ok(f) => f,
+                    // A slow data plane missed notifications; it re-reads watermarks on demand.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            };
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut session: Option<SessionId> = None;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let result = loop {
+        let env = match decode_frame(&buf, MAX_FRAME) {
+            Ok(Some((env, used))) => {
+                let _ = buf.split_to(used);
+                env
+            }
+            Ok(None) => {
+                if rd.read_buf(&mut buf).await? == 0 {
+                    break Ok(());
+                }
+                continue;
+            }
+            Err(e) => break Err(anyhow::anyhow!(e)),
+        };
+        let id = env.request_id;
+        match env.body {
+            Some(Body::Register(r)) => {
+                let reply = register(&ctl, r, &mut session).await;
+                send(&out_tx, id, reply).await;
+            }
+            Some(body) => {
+                let (ctl, out_tx) = (ctl.clone(), out_tx.clone());
+                tokio::spawn(async move {
+                    let reply = handle(&ctl, body).await;
+                    send(&out_tx, id, reply).await;
+                });
+            }
+            None => break Err(anyhow::anyhow!("empty envelope")),
+        }
+    };
+    if let Some(s) = session {
+        let _ = ctl.shared.store.close_session(s).await;
+    }
+    drop(out_tx);
+    let _ = writer.await;
+    result
+}
+
+async fn send(out: &mpsc::Sender<Arc<Vec<u8>>>, request_id: u64, body: Body) {
+    let _ = out.send(Arc::new(encode_frame(&Envelope { request_id, body: Some(body) }))).await;
+}
+
+fn failed(error: i32, message: impl ToString) -> Body {
+    Body::Failed(Failed { error, message: message.to_string() })
+}
+
+async fn register<M: MetaStore + Clone>(ctl: &Controller<M>, r: Register, session: &mut Option<SessionId>) -> Body {
+    if r.protocol_version != PROTOCOL_VERSION {
+        return failed(code::INVALID_REQUEST, format!("protocol version {} unsupported", r.protocol_version));
+    }
+    let store = &ctl.shared.store;
+    let s = match session {
+        Some(s) => *s,
+        None => match store.open_session().await {
+            Ok(s) => *session.insert(s),
+            Err(e) => return failed(code::KAFKA_STORAGE_ERROR, e),
+        },
+    };
+    let broker = Broker { node_id: r.node_id, host: r.host.clone(), port: r.port, zone: r.zone.clone() };
+    let op = Op::PutEphemeral(keys::broker(r.node_id), Bytes::from(broker.encode_to_vec()), s);
+    if let Err(e) = store.txn(vec![], vec![op]).await {
+        return failed(code::KAFKA_STORAGE_ERROR, e);
+    }
+    if r.shard == 0 {
+        tracing::info!(node = r.node_id, host = %r.host, port = r.port, zone = %r.zone, cores = r.cores, "data plane registered");
+    }
+    let topics = ctl.shared.topics.read().expect("poisoned").values().cloned().collect();
+    Body::Registered(Registered { epoch: ctl.shared.epoch, cluster_id: ctl.shared.cluster_id.clone(), topics, controller_id: r.node_id })
+}
+
+async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, body: Body) -> Body {
+    match body {
+        Body::Ping(_) => Body::Pong(Ping {}),
+        Body::CommitWal(c) => match ctl.commit(c).await {
+            Ok(r) => Body::CommitWalReply(r),
+            Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
+        },
+        Body::Lookup(l) => {
+            let Some(w) = ctl.watermark(l.stream_id) else {
+                return Body::LookupReply(LookupReply { error: code::UNKNOWN_TOPIC_OR_PARTITION, ..Default::default() });
+            };
+            match ctl.lookup(l.stream_id, l.offset, l.max_entries.clamp(1, 10_000) as usize).await {
+                Ok(entries) => Body::LookupReply(LookupReply { error: 0, entries, log_start: w.log_start, high_watermark: w.hwm }),
+                Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
+            }
+        }
+        Body::GetTopics(g) => {
+            let topics = ctl.shared.topics.read().expect("poisoned");
+            let topics = if g.names.is_empty() {
+                topics.values().cloned().collect()
+            } else {
+                g.names.iter().filter_map(|n| topics.get(n).cloned()).collect()
+            };
+            Body::Topics(Topics { topics })
+        }
+        Body::GetWatermarks(g) => Body::Watermarks(Watermarks {
+            streams: g
+                .streams
+                .iter()
+                .filter_map(|s| ctl.watermark(*s).map(|w| Watermark { stream_id: *s, log_start: w.log_start, high_watermark: w.hwm }))
+                .collect(),
+        }),
+        Body::OffsetForTime(o) => match ctl.offset_for_time(o.stream_id, o.timestamp).await {
+            Ok(entry) => Body::OffsetForTimeReply(OffsetForTimeReply { error: 0, entry }),
+            Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
+        },
+        Body::CreateTopics(c) => Body::AdminReply(ctl.create_topics(c.topics, c.validate_only).await),
+        Body::DeleteTopics(d) => Body::AdminReply(ctl.delete_topics(d.names).await),
+        Body::CreatePartitions(c) => {
+            let incs = c.topics.into_iter().map(|p| (p.name, p.count)).collect();
+            Body::AdminReply(ctl.create_partitions(incs, c.validate_only).await)
+        }
+        Body::GetBrokers(_) => {
+            let (a, b) = keys::brokers();
+            match ctl.shared.store.range(&a, &b, usize::MAX).await {
+                Ok(rows) => Body::Brokers(Brokers { brokers: rows.into_iter().filter_map(|(_, v)| Broker::decode(v.value).ok()).collect() }),
+                Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
+            }
+        }
+        other => failed(code::INVALID_REQUEST, format!("unexpected message {:?}", std::mem::discriminant(&other))),
+    }
+}

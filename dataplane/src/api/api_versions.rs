@@ -1,0 +1,17 @@
+//! ApiVersions: the APIs and version ranges this broker serves.
+
+use super::{encode, Reply, Request, SUPPORTED};
+use crate::shard::code;
+use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+
+pub fn handle(req: &Request) -> Reply {
+    let api_keys = SUPPORTED
+        .iter()
+        .map(|(k, min, max)| ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max))
+        .collect();
+    let resp = ApiVersionsResponse::default().with_api_keys(api_keys);
+    if req.unsupported_api_versions {
+        return encode(req, 0, &resp.with_error_code(code::UNSUPPORTED_VERSION));
+    }
+    encode(req, req.version, &resp)
+}

@@ -1,0 +1,117 @@
+//! Fetch: read each partition on its owner shard, and long-poll (`max_wait_ms`, `min_bytes`) on
+//! this shard's watermark notifications, never by sleeping in a loop. Fetch sessions (KIP-227)
+//! are answered with session id 0: every fetch is a full fetch.
+
+use super::metadata::resolve;
+use crate::shard::{code, Marks, ReadReq, Shard};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::BrokerId;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+struct Want {
+    topic: usize,
+    partition: i32,
+    /// `None` when the topic or partition does not exist.
+    target: Option<(u64, usize)>,
+    offset: i64,
+    max_bytes: usize,
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, _version: i16) -> FetchResponse {
+    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_bytes = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
+    let mut wants = Vec::new();
+    let mut names = Vec::with_capacity(req.topics.len());
+    for (ti, t) in req.topics.iter().enumerate() {
+        names.push(t.topic.clone());
+        let topic = resolve(shard, &t.topic.0, false).await.ok();
+        for p in &t.partitions {
+            let target = topic.as_ref().and_then(|topic| {
+                let stream = *topic.streams.get(usize::try_from(p.partition).ok()?)?;
+                Some((stream, shard.owner(&topic.topic_id, p.partition)))
+            });
+            wants.push(Want {
+                topic: ti,
+                partition: p.partition,
+                target,
+                offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes.max(0) as usize,
+            });
+        }
+    }
+    let results = loop {
+        // Register for wake-ups before reading, so a commit landing during the reads is not missed.
+        let wake = shard.marks_changed.notified();
+        let results = read_all(shard, &wants, max_bytes).await;
+        let total: usize = results.iter().map(|r| r.1.len()).sum();
+        let errored = results.iter().any(|r| r.0 != code::NONE);
+        let now = Instant::now();
+        if total >= min_bytes || errored || now >= deadline {
+            break results;
+        }
+        // Data may have arrived between the reads and now: check this shard's view first.
+        let advanced = wants.iter().zip(&results).any(|(w, r)| {
+            w.target.and_then(|(s, _)| shard.marks(s)).is_some_and(|m| m.hwm > r.2.hwm.max(w.offset))
+        });
+        if advanced {
+            continue;
+        }
+        let left = deadline - now;
+        if glommio::timer::timeout(left, async { Ok(wake.await) }).await.is_err() {
+            // Timed out: one last read so the answer carries current watermarks.
+            break read_all(shard, &wants, max_bytes).await;
+        }
+    };
+    let mut topics: Vec<FetchableTopicResponse> =
+        names.into_iter().map(|n| FetchableTopicResponse::default().with_topic(n)).collect();
+    for (w, (error, records, marks)) in wants.iter().zip(results) {
+        let data = PartitionData::default()
+            .with_partition_index(w.partition)
+            .with_error_code(error)
+            .with_high_watermark(if error == code::UNKNOWN_TOPIC_OR_PARTITION { -1 } else { marks.hwm })
+            .with_last_stable_offset(marks.hwm)
+            .with_log_start_offset(marks.log_start)
+            .with_aborted_transactions(Some(Vec::new()))
+            .with_preferred_read_replica(BrokerId(-1))
+            .with_records(Some(records));
+        topics[w.topic].partitions.push(data);
+    }
+    FetchResponse::default().with_session_id(0).with_responses(topics)
+}
+
+/// Reads every wanted partition (concurrently, on their owners) and trims the answers to the
+/// request's `max_bytes`, keeping at least the first non-empty partition whole.
+async fn read_all(shard: &Rc<Shard>, wants: &[Want], max_bytes: usize) -> Vec<(i16, Bytes, Marks)> {
+    let reads = futures::future::join_all(wants.iter().map(|w| {
+        let s = shard.clone();
+        let target = w.target;
+        let (offset, max) = (w.offset, w.max_bytes);
+        async move {
+            let Some((stream, owner)) = target else {
+                return (code::UNKNOWN_TOPIC_OR_PARTITION, Vec::new(), Marks::default());
+            };
+            let r = s.read(owner, ReadReq { stream, offset, max_bytes: max.max(1) }).await;
+            (r.error, r.batches, r.marks)
+        }
+    }))
+    .await;
+    let mut used = 0usize;
+    reads
+        .into_iter()
+        .map(|(error, batches, marks)| {
+            let mut buf = BytesMut::new();
+            for b in batches {
+                if used > 0 && used + b.len() > max_bytes {
+                    break;
+                }
+                used += b.len();
+                buf.extend_from_slice(&b);
+            }
+            (error, buf.freeze(), marks)
+        })
+        .collect()
+}

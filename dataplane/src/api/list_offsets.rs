@@ -1,0 +1,103 @@
+//! ListOffsets: earliest (-2) and latest (-1) from the control plane's authoritative watermarks;
+//! by timestamp through the index (first chunk whose max timestamp reaches the target) and a scan
+//! of that chunk's batches.
+
+use super::metadata::resolve;
+use crate::shard::{code, Shard, RPC_TIMEOUT};
+use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse};
+use sluice_rpc::{body::Body, GetWatermarks, IndexEntry, OffsetForTime, Watermark};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, _version: i16) -> ListOffsetsResponse {
+    // Resolve every partition first, then ask for all watermarks in one call.
+    let mut resolved = Vec::new();
+    for t in &req.topics {
+        let topic = resolve(shard, &t.name.0, false).await.ok();
+        let streams: Vec<Option<u64>> = t
+            .partitions
+            .iter()
+            .map(|p| topic.as_ref().and_then(|tm| usize::try_from(p.partition_index).ok().and_then(|i| tm.streams.get(i).copied())))
+            .collect();
+        resolved.push(streams);
+    }
+    let all: Vec<u64> = resolved.iter().flatten().flatten().copied().collect();
+    let marks: Option<HashMap<u64, Watermark>> = if all.is_empty() {
+        Some(HashMap::new())
+    } else {
+        match shard.rpc.call(Body::GetWatermarks(GetWatermarks { streams: all }), RPC_TIMEOUT).await {
+            Ok(Body::Watermarks(w)) => Some(w.streams.into_iter().map(|m| (m.stream_id, m)).collect()),
+            _ => None,
+        }
+    };
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for (t, streams) in req.topics.into_iter().zip(resolved) {
+        let mut parts = Vec::with_capacity(t.partitions.len());
+        for (p, stream) in t.partitions.iter().zip(streams) {
+            let mut r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_timestamp(-1).with_offset(-1);
+            let Some(stream) = stream else {
+                parts.push(r.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            };
+            let Some(m) = marks.as_ref().map(|m| m.get(&stream).cloned()) else {
+                parts.push(r.with_error_code(code::REQUEST_TIMED_OUT));
+                continue;
+            };
+            let Some(m) = m else {
+                parts.push(r.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            };
+            r = r.with_leader_epoch(0);
+            match p.timestamp {
+                LATEST => r.offset = m.high_watermark,
+                EARLIEST => r.offset = m.log_start,
+                ts if ts >= 0 => match by_time(shard, stream, ts).await {
+                    Ok(Some((offset, timestamp))) => {
+                        r.offset = offset;
+                        r.timestamp = timestamp;
+                    }
+                    Ok(None) => {}
+                    Err(e) => r.error_code = e,
+                },
+                _ => r.error_code = code::INVALID_REQUEST,
+            }
+            parts.push(r);
+        }
+        topics.push(ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(parts));
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// The first offset whose record timestamp is at or after `ts`, with that timestamp. Within a
+/// compressed batch the records are not decompressed: the batch's base offset is answered, which
+/// is at or before the exact record, so a consumer starting there misses nothing.
+async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64)>, i16> {
+    let entry: IndexEntry = match shard.rpc.call(Body::OffsetForTime(OffsetForTime { stream_id: stream, timestamp: ts }), RPC_TIMEOUT).await {
+        Ok(Body::OffsetForTimeReply(r)) if r.error == 0 => match r.entry {
+            Some(e) => e,
+            None => return Ok(None),
+        },
+        Ok(Body::OffsetForTimeReply(r)) => return Err(r.error as i16),
+        _ => return Err(code::REQUEST_TIMED_OUT),
+    };
+    let data = shard.store.get_range(&entry.object_key, entry.position, entry.length as usize).await.map_err(|_| code::KAFKA_STORAGE_ERROR)?;
+    let batches = wal_format::batch::split(&data).map_err(|_| code::KAFKA_STORAGE_ERROR)?;
+    let mut base = entry.base_offset;
+    for (pos, h) in batches {
+        if h.max_timestamp >= ts {
+            let bytes = &data[pos..pos + h.size()];
+            if let Ok(records) = wal_format::batch::record_positions(bytes) {
+                if let Some(r) = records.iter().find(|r| r.timestamp >= ts) {
+                    return Ok(Some((base + i64::from(r.offset_delta), r.timestamp)));
+                }
+            }
+            return Ok(Some((base, h.max_timestamp)));
+        }
+        base += h.offset_count();
+    }
+    Ok(None)
+}

@@ -1,0 +1,131 @@
+//! Metadata: brokers and topics, creating topics on first mention when
+//! `auto.create.topics.enable` is on and the client allows it.
+
+use super::sb;
+use crate::shard::{code, Shard, TopicMeta, RPC_TIMEOUT};
+use kafka_protocol::messages::metadata_request::MetadataRequest;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, TopicName};
+use sluice_rpc::{body::Body, NewTopic};
+use std::rc::Rc;
+
+/// Kafka's "authorized operations not requested" marker.
+pub const OPS_UNKNOWN: i32 = i32::MIN;
+
+pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let node = shard.cfg.node_id;
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(node))
+        .with_host(sb(&shard.cfg.advertised_host))
+        .with_port(i32::from(shard.cfg.listen.port()))
+        .with_rack((!shard.cfg.zone.is_empty()).then(|| sb(&shard.cfg.zone)));
+    // v0 has no null topics: an empty list means all topics there.
+    let wanted: Option<Vec<Option<String>>> = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(
+            t.into_iter()
+                .map(|t| match t.name {
+                    Some(n) => Some(n.0.to_string()),
+                    None => shard.meta.borrow().topics.values().find(|m| m.topic_id == t.topic_id).map(|m| m.name.clone()),
+                })
+                .collect(),
+        ),
+    };
+    let allow_create = shard.cfg.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    let topics = match wanted {
+        None => {
+            let mut all: Vec<Rc<TopicMeta>> = shard.meta.borrow().topics.values().cloned().collect();
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            all.iter().map(|t| describe(t, node)).collect()
+        }
+        Some(names) => {
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                let Some(name) = name else {
+                    out.push(MetadataResponseTopic::default().with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION).with_topic_authorized_operations(OPS_UNKNOWN));
+                    continue;
+                };
+                out.push(match resolve(shard, &name, allow_create).await {
+                    Ok(t) => describe(&t, node),
+                    Err(e) => MetadataResponseTopic::default()
+                        .with_name(Some(TopicName(sb(&name))))
+                        .with_error_code(e)
+                        .with_topic_authorized_operations(OPS_UNKNOWN),
+                });
+            }
+            out
+        }
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id(Some(sb(&shard.meta.borrow().cluster_id)))
+        .with_controller_id(BrokerId(node))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(OPS_UNKNOWN)
+}
+
+/// Finds a topic: in the shard's cache, else at the control plane (the cache may lag), else by
+/// creating it when allowed.
+pub async fn resolve(shard: &Rc<Shard>, name: &str, allow_create: bool) -> Result<Rc<TopicMeta>, i16> {
+    if let Some(t) = shard.topic(name) {
+        return Ok(t);
+    }
+    if sluice_rpc::configs::validate_topic_name(name).is_err() {
+        return Err(code::INVALID_TOPIC_EXCEPTION);
+    }
+    match shard.rpc.call(Body::GetTopics(sluice_rpc::GetTopics { names: vec![name.to_string()] }), RPC_TIMEOUT).await {
+        Ok(Body::Topics(t)) => {
+            for t in t.topics {
+                shard.learn_topic(t);
+            }
+        }
+        _ => return Err(code::LEADER_NOT_AVAILABLE),
+    }
+    if let Some(t) = shard.topic(name) {
+        return Ok(t);
+    }
+    if !allow_create {
+        return Err(code::UNKNOWN_TOPIC_OR_PARTITION);
+    }
+    let create = sluice_rpc::CreateTopics {
+        topics: vec![NewTopic { name: name.to_string(), partitions: shard.cfg.num_partitions, configs: Default::default() }],
+        validate_only: false,
+    };
+    match shard.rpc.call(Body::CreateTopics(create), RPC_TIMEOUT).await {
+        Ok(Body::AdminReply(r)) => {
+            for res in r.results {
+                if let Some(t) = res.topic {
+                    shard.learn_topic(t);
+                } else if res.error == 36 {
+                    // Created meanwhile by someone else: fetch it.
+                    return Box::pin(resolve(shard, name, false)).await;
+                } else {
+                    return Err(res.error as i16);
+                }
+            }
+            shard.topic(name).ok_or(code::LEADER_NOT_AVAILABLE)
+        }
+        _ => Err(code::LEADER_NOT_AVAILABLE),
+    }
+}
+
+fn describe(t: &TopicMeta, node: i32) -> MetadataResponseTopic {
+    let partitions = (0..t.streams.len() as i32)
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(BrokerId(node))
+                .with_leader_epoch(0)
+                .with_replica_nodes(vec![BrokerId(node)])
+                .with_isr_nodes(vec![BrokerId(node)])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(sb(&t.name))))
+        .with_topic_id(t.topic_id)
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(OPS_UNKNOWN)
+}

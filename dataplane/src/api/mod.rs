@@ -1,0 +1,171 @@
+//! The Kafka APIs: one module per API, one dispatcher ([`handle`]).
+//!
+//! [`parse`] reads a request's header and checks the API key and version against
+//! [`SUPPORTED`] (what ApiVersions advertises); [`handle`] decodes the body, runs the API and
+//! encodes the response with the response header version the API and version call for.
+
+mod admin;
+mod api_versions;
+mod describe_cluster;
+mod describe_configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use crate::shard::Shard;
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use std::rc::Rc;
+
+/// APIs and version ranges served (and advertised by ApiVersions). Each range is within what
+/// `kafka-protocol` encodes and what the handlers implement: Fetch stops before v13 (topic ids
+/// instead of names), ListOffsets before v7 (max-timestamp lookups), Produce before v12.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// What the connection writes for a request.
+pub enum Reply {
+    /// A size-prefixed response frame.
+    Send(Bytes),
+    /// Nothing (Produce with acks=0).
+    Nothing,
+    /// Close the connection.
+    Close,
+}
+
+/// A request whose header has been read.
+pub struct Request {
+    pub api: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    /// The body, still encoded.
+    pub body: Bytes,
+    /// An ApiVersions request at a version we do not know: answered with UNSUPPORTED_VERSION.
+    pub unsupported_api_versions: bool,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("frame of {0} bytes too short for a request header")]
+    Short(usize),
+    #[error("unknown API key {0}")]
+    UnknownApi(i16),
+    #[error("unsupported version {1} of API {0:?}")]
+    UnsupportedVersion(ApiKey, i16),
+    #[error("bad request header: {0}")]
+    Header(String),
+}
+
+fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED.iter().find(|(k, _, _)| *k == api).map(|(_, a, b)| (*a, *b))
+}
+
+/// Reads the header of a request frame.
+pub fn parse(mut frame: Bytes) -> Result<Request, ParseError> {
+    if frame.len() < 8 {
+        return Err(ParseError::Short(frame.len()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api = ApiKey::try_from(key).map_err(|_| ParseError::UnknownApi(key))?;
+    let Some((min, max)) = supported(api) else { return Err(ParseError::UnknownApi(key)) };
+    let in_range = (min..=max).contains(&version);
+    if !in_range && api != ApiKey::ApiVersions {
+        return Err(ParseError::UnsupportedVersion(api, version));
+    }
+    if !in_range {
+        // Kafka answers an ApiVersions it cannot parse with a v0 response carrying
+        // UNSUPPORTED_VERSION and its ranges; only the correlation id (bytes 4..8) is needed.
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let header = RequestHeader::default().with_request_api_key(key).with_request_api_version(version).with_correlation_id(correlation_id);
+        return Ok(Request { api, version, header, body: Bytes::new(), unsupported_api_versions: true });
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(|e| ParseError::Header(e.to_string()))?;
+    Ok(Request { api, version, header, body: frame, unsupported_api_versions: false })
+}
+
+/// Encodes a response frame: size, header, body.
+pub fn encode<R: Encodable>(req: &Request, version: i16, resp: &R) -> Reply {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_u32(0);
+    let header = ResponseHeader::default().with_correlation_id(req.header.correlation_id);
+    let header_version = req.api.response_header_version(version);
+    if let Err(e) = header.encode(&mut buf, header_version).and_then(|_| resp.encode(&mut buf, version)) {
+        tracing::error!(api = ?req.api, version, error = %e, "cannot encode response");
+        return Reply::Close;
+    }
+    let len = (buf.len() - 4) as u32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Reply::Send(buf.freeze())
+}
+
+fn decode<T: Decodable>(req: &mut Request) -> Option<T> {
+    match T::decode(&mut req.body, req.version) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(api = ?req.api, version = req.version, error = %e, "cannot decode request body; closing connection");
+            None
+        }
+    }
+}
+
+/// Runs one request.
+pub async fn handle(shard: Rc<Shard>, mut req: Request) -> Reply {
+    let v = req.version;
+    macro_rules! run {
+        ($module:ident) => {{
+            let Some(body) = decode(&mut req) else { return Reply::Close };
+            let resp = $module::handle(&shard, body, v).await;
+            encode(&req, v, &resp)
+        }};
+    }
+    match req.api {
+        ApiKey::ApiVersions => api_versions::handle(&req),
+        ApiKey::Produce => {
+            let Some(body) = decode(&mut req) else { return Reply::Close };
+            match produce::handle(&shard, body, v).await {
+                Some(resp) => encode(&req, v, &resp),
+                None => Reply::Nothing,
+            }
+        }
+        ApiKey::Fetch => run!(fetch),
+        ApiKey::ListOffsets => run!(list_offsets),
+        ApiKey::Metadata => run!(metadata),
+        ApiKey::CreateTopics => {
+            let Some(body) = decode(&mut req) else { return Reply::Close };
+            encode(&req, v, &admin::create_topics(&shard, body, v).await)
+        }
+        ApiKey::DeleteTopics => {
+            let Some(body) = decode(&mut req) else { return Reply::Close };
+            encode(&req, v, &admin::delete_topics(&shard, body, v).await)
+        }
+        ApiKey::CreatePartitions => {
+            let Some(body) = decode(&mut req) else { return Reply::Close };
+            encode(&req, v, &admin::create_partitions(&shard, body).await)
+        }
+        ApiKey::DescribeConfigs => run!(describe_configs),
+        ApiKey::DescribeCluster => run!(describe_cluster),
+        other => {
+            tracing::warn!(api = ?other, "unsupported API; closing connection");
+            Reply::Close
+        }
+    }
+}
+
+/// A `StrBytes` from a `&str`.
+pub fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}

@@ -1,0 +1,101 @@
+//! Produce: validate each partition's record batches (header, CRC32C, size) without decoding
+//! their records, hand them to the partition's owner shard, and answer once every partition's
+//! batches are durable and committed. acks=0 gets no response, as in Kafka.
+
+use super::metadata::resolve;
+use crate::shard::{code, AppendReq, Shard};
+use bytes::Bytes;
+use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse, TopicProduceResponse};
+use std::rc::Rc;
+use wal_format::batch;
+
+/// Checks a partition's records and describes them for the owner, or gives the Kafka error.
+pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<AppendReq, i16> {
+    if data.is_empty() {
+        return Err(code::CORRUPT_MESSAGE);
+    }
+    let headers = batch::split(&data).map_err(|e| match e {
+        wal_format::Error::Unsupported { .. } => code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        _ => code::CORRUPT_MESSAGE,
+    })?;
+    let mut batches = Vec::with_capacity(headers.len());
+    let mut offset_count = 0i64;
+    let mut max_timestamp = i64::MIN;
+    for (pos, h) in headers {
+        if h.size() > max_message_bytes {
+            return Err(code::MESSAGE_TOO_LARGE);
+        }
+        batch::verify(&data[pos..pos + h.size()]).map_err(|_| code::CORRUPT_MESSAGE)?;
+        if h.is_control() || h.is_transactional() || h.compression().is_none() || h.record_count <= 0 {
+            return Err(code::INVALID_RECORD);
+        }
+        batches.push((pos as u32, h.offset_count()));
+        offset_count += h.offset_count();
+        max_timestamp = max_timestamp.max(h.max_timestamp);
+    }
+    Ok(AppendReq { stream, data, batches, offset_count, max_timestamp })
+}
+
+fn partition(index: i32, error: i16) -> PartitionProduceResponse {
+    PartitionProduceResponse::default().with_index(index).with_error_code(error).with_base_offset(-1).with_log_append_time_ms(-1).with_log_start_offset(-1)
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let acks_valid = matches!(acks, -1..=1);
+    let mut topics = Vec::with_capacity(req.topic_data.len());
+    let mut appends = Vec::new();
+    for t in req.topic_data {
+        let name = t.name.0.to_string();
+        let topic = if acks_valid { resolve(shard, &name, false).await.ok() } else { None };
+        let mut parts = Vec::with_capacity(t.partition_data.len());
+        for p in t.partition_data {
+            let slot = (topics.len(), parts.len());
+            let Some(topic) = topic.as_ref() else {
+                parts.push(partition(p.index, if acks_valid { code::UNKNOWN_TOPIC_OR_PARTITION } else { code::INVALID_REQUIRED_ACKS }));
+                continue;
+            };
+            let Some(stream) = usize::try_from(p.index).ok().and_then(|i| topic.streams.get(i)).copied() else {
+                parts.push(partition(p.index, code::UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            };
+            let max = topic
+                .config("max.message.bytes")
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(i64::from(shard.cfg.max_message_bytes))
+                .max(0) as usize;
+            match validate(stream, p.records.unwrap_or_default(), max) {
+                Ok(a) => {
+                    appends.push((slot, shard.owner(&topic.topic_id, p.index), a));
+                    parts.push(partition(p.index, code::NONE));
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %name, partition = p.index, error = e, "produce rejected");
+                    parts.push(partition(p.index, e));
+                }
+            }
+        }
+        topics.push(TopicProduceResponse::default().with_name(t.name).with_partition_responses(parts));
+    }
+    let work = futures::future::join_all(appends.into_iter().map(|(slot, owner, a)| {
+        let s = shard.clone();
+        async move { (slot, s.append(owner, a).await) }
+    }));
+    if acks == 0 {
+        // Nobody waits for the answer, but the batches are still stored.
+        glommio::spawn_local(work).detach();
+        return None;
+    }
+    for ((t, p), result) in work.await {
+        let slot = &mut topics[t].partition_responses[p];
+        match result {
+            Ok((base, log_start)) => {
+                slot.base_offset = base;
+                slot.log_start_offset = log_start;
+            }
+            Err(e) => slot.error_code = e,
+        }
+    }
+    Some(ProduceResponse::default().with_responses(topics))
+}

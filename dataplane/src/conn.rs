@@ -1,0 +1,85 @@
+//! One Kafka client connection: reads size-prefixed request frames, runs each request as its
+//! own task (so requests pipeline), and writes the responses strictly in request order, as
+//! Kafka requires.
+//!
+//! Bad input closes the connection and nothing else: a length prefix that is negative or over
+//! `socket.request.max.bytes`, a frame cut short by EOF, an unknown API key or version, or a
+//! body that does not decode. Other connections are unaffected.
+
+use crate::api::{self, Reply};
+use crate::shard::Shard;
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel;
+use glommio::net::TcpStream;
+use std::rc::Rc;
+
+/// Requests of one connection being worked on at once; the connection is not read further
+/// until the oldest is answered (backpressure, bounded memory).
+const MAX_INFLIGHT: usize = 64;
+/// A frame's body is read in pieces of at most this size, so a client that announces a large
+/// frame and then sends nothing cannot make us allocate the whole announced size.
+const READ_STEP: usize = 1 << 20;
+
+/// Serves a connection until the client closes it or sends something unacceptable.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let (tx, rx) = local_channel::new_bounded::<glommio::Task<Reply>>(MAX_INFLIGHT);
+    let writer = glommio::spawn_local(async move {
+        while let Some(task) = rx.recv().await {
+            match task.await {
+                Reply::Send(bytes) => {
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Reply::Nothing => {}
+                Reply::Close => break,
+            }
+        }
+        let _ = wr.close().await;
+    });
+    let max = shard.cfg.socket_request_max_bytes;
+    loop {
+        let mut len = [0u8; 4];
+        if rd.read_exact(&mut len).await.is_err() {
+            break;
+        }
+        let len = i32::from_be_bytes(len);
+        if len < 0 || len as usize > max {
+            tracing::warn!(%peer, len, max, "request size over socket.request.max.bytes; closing connection");
+            break;
+        }
+        let len = len as usize;
+        let mut buf = BytesMut::with_capacity(len.min(READ_STEP));
+        let mut short = false;
+        while buf.len() < len {
+            let start = buf.len();
+            let end = (start + READ_STEP).min(len);
+            buf.resize(end, 0);
+            if rd.read_exact(&mut buf[start..end]).await.is_err() {
+                short = true;
+                break;
+            }
+        }
+        if short {
+            tracing::warn!(%peer, len, "connection closed in the middle of a request frame");
+            break;
+        }
+        let req = match api::parse(buf.freeze()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "bad request; closing connection");
+                break;
+            }
+        };
+        let task = glommio::spawn_local(api::handle(shard.clone(), req));
+        if tx.send(task).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}

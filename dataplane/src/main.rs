@@ -1,0 +1,75 @@
+//! `sluice-dataplane`: the Sluice broker. Kafka clients connect here.
+//!
+//! One pinned glommio executor (shard) per core. Every shard accepts connections on the same
+//! port (SO_REUSEPORT), owns the partitions that hash to it, keeps one WAL buffer, one batch
+//! cache and one connection to the control plane. See `../shared/DESIGN.md` and [`shard`].
+//!
+//! ```text
+//! sluice-dataplane --data-dir ./data --controlplane 127.0.0.1:9093 --listen 127.0.0.1:9092
+//! ```
+
+mod api;
+mod cache;
+mod config;
+mod conn;
+mod notify;
+mod rpc_client;
+mod shard;
+mod store;
+mod wal;
+
+use clap::Parser;
+use config::{Args, Config};
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => fail(e),
+    };
+    if let Err(e) = store::prepare_dirs(&cfg.data_dir) {
+        fail(e);
+    }
+    // Probe the port without SO_REUSEPORT: the shards bind with it, and would otherwise silently
+    // share the port with another broker already there.
+    match std::net::TcpListener::bind(cfg.listen) {
+        Ok(l) => drop(l),
+        Err(e) => fail(format!("cannot listen on {}: {e}", cfg.listen)),
+    }
+    let cores = cfg.cores;
+    let mesh = glommio::channels::channel_mesh::MeshBuilder::full(cores, 1024);
+    // io_memory: without CAP_IPC_LOCK (ulimit -l is 8 MiB here) glommio's buffer registration
+    // fails with only a warning and DMA reads then fail with EOPNOTSUPP; keep every executor's
+    // share small enough that all of them fit under the limit.
+    let io_memory = (6 << 20) / cores.max(1);
+    let io_memory = io_memory.clamp(256 << 10, 2 << 20);
+    tracing::info!(listen = %cfg.listen, cores, controlplane = %cfg.controlplane, data_dir = %cfg.data_dir.display(), "data plane starting");
+    let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(cores, None))
+        .name("sluice-shard")
+        .io_memory(io_memory)
+        .on_all_shards(move || {
+            let (cfg, mesh) = (cfg.clone(), mesh.clone());
+            async move { shard::run(cfg, mesh).await }
+        });
+    let handles = match pool {
+        Ok(h) => h,
+        Err(e) => fail(format!("cannot start executors: {e}")),
+    };
+    for r in handles.join_all() {
+        match r {
+            Ok(Err(e)) => fail(e),
+            Err(e) => fail(format!("shard failed: {e}")),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("sluice-dataplane: error: {msg}");
+    std::process::exit(1);
+}

@@ -1,0 +1,176 @@
+//! A shard's connection to the control plane: one persistent TCP connection, pipelined requests
+//! paired with replies by request id, pushed notifications handed to the shard as events, and
+//! reconnection (with re-registration) whenever the connection drops.
+
+use futures::channel::oneshot;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpStream;
+use sluice_rpc::{body::Body, decode_frame, encode_frame, Envelope, Register, Registered, MAX_FRAME};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::notify::Notify;
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcError {
+    /// No connection within the deadline, or it dropped before the reply.
+    Unavailable,
+}
+
+/// What the connection hands to its shard.
+pub enum Event {
+    /// (Re-)registered: the full topic list.
+    Registered(Registered),
+    /// A pushed notification.
+    Note(Body),
+}
+
+/// The client. Lives on one shard.
+pub struct RpcClient {
+    addr: String,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Body>>>,
+    next_id: Cell<u64>,
+    out: RefCell<Option<Rc<LocalSender<Vec<u8>>>>>,
+    ready: Cell<bool>,
+    ready_changed: Notify,
+}
+
+impl RpcClient {
+    /// A client for the control plane at `addr`; call [`RpcClient::run`] to connect.
+    pub fn new(addr: String) -> Rc<Self> {
+        Rc::new(Self {
+            addr,
+            pending: RefCell::default(),
+            next_id: Cell::new(1),
+            out: RefCell::default(),
+            ready: Cell::new(false),
+            ready_changed: Notify::default(),
+        })
+    }
+
+    /// Sends a request and waits for its reply, waiting for a connection first if there is
+    /// none; gives up after `timeout`.
+    pub async fn call(&self, body: Body, timeout: Duration) -> Result<Body, RpcError> {
+        let deadline = Instant::now() + timeout;
+        while !self.ready.get() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RpcError::Unavailable);
+            }
+            let wait = self.ready_changed.notified();
+            let _ = glommio::timer::timeout(left, async { Ok(wait.await) }).await;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.send(body, left).await
+    }
+
+    async fn send(&self, body: Body, timeout: Duration) -> Result<Body, RpcError> {
+        let out = self.out.borrow().clone().ok_or(RpcError::Unavailable)?;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        let frame = encode_frame(&Envelope { request_id: id, body: Some(body) });
+        if out.send(frame).await.is_err() {
+            self.pending.borrow_mut().remove(&id);
+            return Err(RpcError::Unavailable);
+        }
+        let r = glommio::timer::timeout(timeout, async { Ok(rx.await) }).await;
+        self.pending.borrow_mut().remove(&id);
+        match r {
+            Ok(Ok(body)) => Ok(body),
+            _ => Err(RpcError::Unavailable),
+        }
+    }
+
+    /// Connects, registers, dispatches replies and notifications, and reconnects forever.
+    pub async fn run(self: Rc<Self>, register: Register, events: Rc<LocalSender<Event>>) {
+        let mut logged_down = false;
+        loop {
+            let stream = match TcpStream::connect(self.addr.as_str()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if !logged_down && register.shard == 0 {
+                        tracing::warn!(addr = %self.addr, error = %e, "control plane unreachable; retrying");
+                        logged_down = true;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            logged_down = false;
+            let _ = stream.set_nodelay(true);
+            let (mut rd, mut wr) = futures_lite::io::split(stream);
+            let (tx, rx) = local_channel::new_bounded::<Vec<u8>>(1024);
+            *self.out.borrow_mut() = Some(Rc::new(tx));
+            let writer = glommio::spawn_local(async move {
+                while let Some(frame) = rx.recv().await {
+                    if wr.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = wr.close().await;
+            });
+            let me = self.clone();
+            let ev = events.clone();
+            let reader = glommio::spawn_local(async move {
+                let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+                let mut chunk = vec![0u8; 64 << 10];
+                loop {
+                    loop {
+                        match decode_frame(&buf, MAX_FRAME) {
+                            Ok(Some((env, used))) => {
+                                buf.drain(..used);
+                                me.dispatch(env, &ev).await;
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::error!(error = %e, "bad frame from control plane");
+                                return;
+                            }
+                        }
+                    }
+                    match rd.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+            match self.send(Body::Register(register.clone()), Duration::from_secs(10)).await {
+                Ok(Body::Registered(r)) => {
+                    let _ = events.send(Event::Registered(r)).await;
+                    self.ready.set(true);
+                    self.ready_changed.notify_all();
+                    if register.shard == 0 {
+                        tracing::info!(addr = %self.addr, "connected to control plane");
+                    }
+                    reader.await;
+                }
+                Ok(other) => tracing::error!(reply = ?other, "control plane refused registration"),
+                Err(_) => tracing::warn!("no answer to registration"),
+            }
+            // Disconnected: fail what is in flight (callers retry), then reconnect.
+            self.ready.set(false);
+            self.out.borrow_mut().take();
+            self.pending.borrow_mut().clear();
+            let _ = writer.await;
+            if register.shard == 0 {
+                tracing::warn!(addr = %self.addr, "lost control plane connection; reconnecting");
+            }
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn dispatch(&self, env: Envelope, events: &LocalSender<Event>) {
+        let Some(body) = env.body else { return };
+        if env.request_id == 0 {
+            let _ = events.send(Event::Note(body)).await;
+        } else if let Some(tx) = self.pending.borrow_mut().remove(&env.request_id) {
+            let _ = tx.send(body);
+        }
+    }
+}

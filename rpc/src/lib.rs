@@ -1,0 +1,544 @@
+//! # sluice-rpc
+//!
+//! The internal protocol between data planes and the control plane, defined once. Messages are
+//! protobuf (prost derives, no protoc), so fields can be added for rolling upgrades: new fields
+//! get new tags and old readers skip them.
+//!
+//! On the wire every message is a [`Frame`]: `u32` big-endian length, then the encoded
+//! [`Envelope`]. Requests carry a non-zero `request_id` echoed by their response; pushed
+//! notifications use `request_id` 0. Requests on one connection may be pipelined.
+//!
+//! ```
+//! use sluice_rpc::{Envelope, body, encode_frame, decode_frame};
+//! let env = Envelope { request_id: 7, body: Some(body::Body::Ping(sluice_rpc::Ping {})) };
+//! let frame = encode_frame(&env);
+//! let (decoded, used) = decode_frame(&frame, 1 << 20).unwrap().unwrap();
+//! assert_eq!(used, frame.len());
+//! assert_eq!(decoded, env);
+//! ```
+
+pub mod configs;
+
+use prost::Message;
+
+/// Version of this protocol a peer speaks; sent in [`Register`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 256 << 20;
+
+/// Errors reading frames.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A frame longer than the limit.
+    #[error("frame of {0} bytes over limit")]
+    TooLarge(usize),
+    /// Bytes that are not an [`Envelope`].
+    #[error("bad frame: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// Encodes a frame: length prefix then envelope.
+pub fn encode_frame(env: &Envelope) -> Vec<u8> {
+    let len = env.encoded_len();
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    env.encode(&mut out).expect("vec grows");
+    out
+}
+
+/// Decodes one frame from the front of `buf`: `Ok(None)` when more bytes are needed, otherwise
+/// the envelope and the number of bytes it used.
+pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(Envelope, usize)>, Error> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(Error::TooLarge(len));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    Ok(Some((Envelope::decode(&buf[4..4 + len])?, 4 + len)))
+}
+
+/// Result code of an RPC, mirroring the Kafka error codes a data plane passes on to clients.
+/// 0 is success; other values are Kafka `ErrorCode`s.
+pub type Code = i32;
+
+/// Every message.
+#[derive(Clone, PartialEq, Message)]
+pub struct Envelope {
+    /// Non-zero for requests and their responses; 0 for notifications.
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    /// The message.
+    #[prost(oneof = "body::Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23")]
+    pub body: Option<body::Body>,
+}
+
+/// The oneof of [`Envelope`].
+pub mod body {
+    use super::*;
+    /// What an envelope carries.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Body {
+        /// Liveness check.
+        #[prost(message, tag = "2")]
+        Ping(Ping),
+        /// A data plane shard introduces itself.
+        #[prost(message, tag = "3")]
+        Register(Register),
+        /// Answer to [`Register`].
+        #[prost(message, tag = "4")]
+        Registered(Registered),
+        /// Commit a durable WAL object.
+        #[prost(message, tag = "5")]
+        CommitWal(CommitWal),
+        /// Answer to [`CommitWal`].
+        #[prost(message, tag = "6")]
+        CommitWalReply(CommitWalReply),
+        /// Find index entries of a stream.
+        #[prost(message, tag = "7")]
+        Lookup(Lookup),
+        /// Answer to [`Lookup`].
+        #[prost(message, tag = "8")]
+        LookupReply(LookupReply),
+        /// Ask for topic metadata.
+        #[prost(message, tag = "9")]
+        GetTopics(GetTopics),
+        /// Topic metadata (answer or pushed change).
+        #[prost(message, tag = "10")]
+        Topics(Topics),
+        /// Create topics.
+        #[prost(message, tag = "11")]
+        CreateTopics(CreateTopics),
+        /// Delete topics.
+        #[prost(message, tag = "12")]
+        DeleteTopics(DeleteTopics),
+        /// Add partitions.
+        #[prost(message, tag = "13")]
+        CreatePartitions(CreatePartitions),
+        /// Per-topic results of admin requests.
+        #[prost(message, tag = "14")]
+        AdminReply(AdminReply),
+        /// Pushed: high watermarks advanced.
+        #[prost(message, tag = "15")]
+        Watermarks(Watermarks),
+        /// Ask for stream offsets (log start, high watermark).
+        #[prost(message, tag = "16")]
+        GetWatermarks(GetWatermarks),
+        /// Find an offset by timestamp.
+        #[prost(message, tag = "17")]
+        OffsetForTime(OffsetForTime),
+        /// Answer to [`OffsetForTime`].
+        #[prost(message, tag = "18")]
+        OffsetForTimeReply(OffsetForTimeReply),
+        /// Generic failure answer.
+        #[prost(message, tag = "19")]
+        Failed(Failed),
+        /// Data planes currently registered.
+        #[prost(message, tag = "20")]
+        GetBrokers(GetBrokers),
+        /// Answer to [`GetBrokers`].
+        #[prost(message, tag = "21")]
+        Brokers(Brokers),
+        /// Pushed: topics removed.
+        #[prost(message, tag = "22")]
+        TopicsDeleted(TopicsDeleted),
+        /// Answer to [`Ping`].
+        #[prost(message, tag = "23")]
+        Pong(Ping),
+    }
+}
+
+/// Liveness check.
+#[derive(Clone, PartialEq, Message)]
+pub struct Ping {}
+
+/// Sent first on every data plane shard connection.
+#[derive(Clone, PartialEq, Message)]
+pub struct Register {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    #[prost(uint32, tag = "1")]
+    pub protocol_version: u32,
+    /// Kafka broker (node) id of the data plane.
+    #[prost(int32, tag = "2")]
+    pub node_id: i32,
+    /// Availability zone.
+    #[prost(string, tag = "3")]
+    pub zone: String,
+    /// Host clients reach the Kafka listener at.
+    #[prost(string, tag = "4")]
+    pub host: String,
+    /// Port of the Kafka listener.
+    #[prost(int32, tag = "5")]
+    pub port: i32,
+    /// Shard index of this connection.
+    #[prost(uint32, tag = "6")]
+    pub shard: u32,
+    /// Number of shards of the data plane.
+    #[prost(uint32, tag = "7")]
+    pub cores: u32,
+}
+
+/// Answer to [`Register`].
+#[derive(Clone, PartialEq, Message)]
+pub struct Registered {
+    /// The control plane's epoch.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// Cluster id (Kafka's DescribeCluster/Metadata cluster id).
+    #[prost(string, tag = "2")]
+    pub cluster_id: String,
+    /// Every topic, so the shard starts with a full metadata cache.
+    #[prost(message, repeated, tag = "3")]
+    pub topics: Vec<Topic>,
+    /// Node id of the controller reported to clients.
+    #[prost(int32, tag = "4")]
+    pub controller_id: i32,
+}
+
+/// A topic as the metadata store holds it.
+#[derive(Clone, PartialEq, Message)]
+pub struct Topic {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Kafka topic id (UUID bytes, 16).
+    #[prost(bytes = "vec", tag = "2")]
+    pub topic_id: Vec<u8>,
+    /// Stream id of each partition, indexed by partition.
+    #[prost(uint64, repeated, tag = "3")]
+    pub streams: Vec<u64>,
+    /// Configs set on the topic (others take broker defaults).
+    #[prost(map = "string, string", tag = "4")]
+    pub configs: std::collections::HashMap<String, String>,
+    /// Metadata revision of the last change.
+    #[prost(uint64, tag = "5")]
+    pub revision: u64,
+}
+
+/// One stream's part of a WAL object.
+#[derive(Clone, PartialEq, Message)]
+pub struct CommitChunk {
+    /// Stream (topic partition).
+    #[prost(uint64, tag = "1")]
+    pub stream_id: u64,
+    /// Position of the chunk in the object.
+    #[prost(uint64, tag = "2")]
+    pub position: u64,
+    /// Length of the chunk.
+    #[prost(uint32, tag = "3")]
+    pub length: u32,
+    /// CRC32C of the chunk bytes.
+    #[prost(uint32, tag = "4")]
+    pub crc: u32,
+    /// Offsets the chunk's batches occupy (sum of last_offset_delta + 1).
+    #[prost(uint64, tag = "5")]
+    pub offset_count: u64,
+    /// Largest batch max_timestamp in the chunk.
+    #[prost(int64, tag = "6")]
+    pub max_timestamp: i64,
+    /// Number of batches.
+    #[prost(uint32, tag = "7")]
+    pub batch_count: u32,
+}
+
+/// Commit a durable WAL object: assign offsets to every chunk in one transaction.
+#[derive(Clone, PartialEq, Message)]
+pub struct CommitWal {
+    /// Object key in the object store.
+    #[prost(string, tag = "1")]
+    pub object_key: String,
+    /// Total object size.
+    #[prost(uint64, tag = "2")]
+    pub object_size: u64,
+    /// Chunks in stream order.
+    #[prost(message, repeated, tag = "3")]
+    pub chunks: Vec<CommitChunk>,
+}
+
+/// Answer to [`CommitWal`]: per chunk, in the same order, the base offset or an error.
+#[derive(Clone, PartialEq, Message)]
+pub struct CommitWalReply {
+    /// Result per chunk.
+    #[prost(message, repeated, tag = "1")]
+    pub chunks: Vec<ChunkResult>,
+}
+
+/// Result of one chunk of a commit.
+#[derive(Clone, PartialEq, Message)]
+pub struct ChunkResult {
+    /// Kafka error code (0 ok). UNKNOWN_TOPIC_OR_PARTITION when the stream was deleted.
+    #[prost(int32, tag = "1")]
+    pub error: Code,
+    /// First offset assigned.
+    #[prost(int64, tag = "2")]
+    pub base_offset: i64,
+    /// High watermark after the commit.
+    #[prost(int64, tag = "3")]
+    pub high_watermark: i64,
+    /// Log start offset.
+    #[prost(int64, tag = "4")]
+    pub log_start: i64,
+}
+
+/// Index entries of `stream_id` covering offsets from `offset`, at most `max_entries`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Lookup {
+    /// Stream.
+    #[prost(uint64, tag = "1")]
+    pub stream_id: u64,
+    /// First offset wanted.
+    #[prost(int64, tag = "2")]
+    pub offset: i64,
+    /// Most entries to return.
+    #[prost(uint32, tag = "3")]
+    pub max_entries: u32,
+}
+
+/// One index entry: offsets `[base_offset, end_offset)` live in a chunk of an object.
+#[derive(Clone, PartialEq, Message)]
+pub struct IndexEntry {
+    /// First offset of the chunk.
+    #[prost(int64, tag = "1")]
+    pub base_offset: i64,
+    /// One past the last offset.
+    #[prost(int64, tag = "2")]
+    pub end_offset: i64,
+    /// Object key.
+    #[prost(string, tag = "3")]
+    pub object_key: String,
+    /// Chunk position in the object.
+    #[prost(uint64, tag = "4")]
+    pub position: u64,
+    /// Chunk length.
+    #[prost(uint32, tag = "5")]
+    pub length: u32,
+    /// Chunk CRC32C.
+    #[prost(uint32, tag = "6")]
+    pub crc: u32,
+    /// Largest timestamp in the chunk.
+    #[prost(int64, tag = "7")]
+    pub max_timestamp: i64,
+    /// Number of batches.
+    #[prost(uint32, tag = "8")]
+    pub batch_count: u32,
+}
+
+/// Answer to [`Lookup`].
+#[derive(Clone, PartialEq, Message)]
+pub struct LookupReply {
+    /// Kafka error code.
+    #[prost(int32, tag = "1")]
+    pub error: Code,
+    /// Entries in offset order.
+    #[prost(message, repeated, tag = "2")]
+    pub entries: Vec<IndexEntry>,
+    /// Log start offset.
+    #[prost(int64, tag = "3")]
+    pub log_start: i64,
+    /// High watermark.
+    #[prost(int64, tag = "4")]
+    pub high_watermark: i64,
+}
+
+/// Ask for topics by name (empty: all).
+#[derive(Clone, PartialEq, Message)]
+pub struct GetTopics {
+    /// Names; empty means every topic.
+    #[prost(string, repeated, tag = "1")]
+    pub names: Vec<String>,
+}
+
+/// Topics (answer to [`GetTopics`], or pushed on change).
+#[derive(Clone, PartialEq, Message)]
+pub struct Topics {
+    /// The topics.
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<Topic>,
+}
+
+/// Pushed when topics are deleted.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicsDeleted {
+    /// Names removed.
+    #[prost(string, repeated, tag = "1")]
+    pub names: Vec<String>,
+    /// Their streams.
+    #[prost(uint64, repeated, tag = "2")]
+    pub streams: Vec<u64>,
+}
+
+/// One topic to create.
+#[derive(Clone, PartialEq, Message)]
+pub struct NewTopic {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Partitions (already resolved from the default when the client sent -1).
+    #[prost(int32, tag = "2")]
+    pub partitions: i32,
+    /// Configs.
+    #[prost(map = "string, string", tag = "3")]
+    pub configs: std::collections::HashMap<String, String>,
+}
+
+/// Create topics.
+#[derive(Clone, PartialEq, Message)]
+pub struct CreateTopics {
+    /// Topics.
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<NewTopic>,
+    /// Only check.
+    #[prost(bool, tag = "2")]
+    pub validate_only: bool,
+}
+
+/// Delete topics by name.
+#[derive(Clone, PartialEq, Message)]
+pub struct DeleteTopics {
+    /// Names.
+    #[prost(string, repeated, tag = "1")]
+    pub names: Vec<String>,
+}
+
+/// Raise a topic's partition count.
+#[derive(Clone, PartialEq, Message)]
+pub struct PartitionIncrease {
+    /// Topic.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// New total count.
+    #[prost(int32, tag = "2")]
+    pub count: i32,
+}
+
+/// Add partitions.
+#[derive(Clone, PartialEq, Message)]
+pub struct CreatePartitions {
+    /// Increases.
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<PartitionIncrease>,
+    /// Only check.
+    #[prost(bool, tag = "2")]
+    pub validate_only: bool,
+}
+
+/// Result for one topic of an admin request.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicResult {
+    /// Topic name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Kafka error code.
+    #[prost(int32, tag = "2")]
+    pub error: Code,
+    /// Message for the client.
+    #[prost(string, optional, tag = "3")]
+    pub message: Option<String>,
+    /// The topic after the change, when it exists.
+    #[prost(message, optional, tag = "4")]
+    pub topic: Option<Topic>,
+}
+
+/// Answer to admin requests, per topic in request order.
+#[derive(Clone, PartialEq, Message)]
+pub struct AdminReply {
+    /// Results.
+    #[prost(message, repeated, tag = "1")]
+    pub results: Vec<TopicResult>,
+}
+
+/// A stream's offsets.
+#[derive(Clone, PartialEq, Message)]
+pub struct Watermark {
+    /// Stream.
+    #[prost(uint64, tag = "1")]
+    pub stream_id: u64,
+    /// Log start offset.
+    #[prost(int64, tag = "2")]
+    pub log_start: i64,
+    /// High watermark.
+    #[prost(int64, tag = "3")]
+    pub high_watermark: i64,
+}
+
+/// Watermarks (answer to [`GetWatermarks`], or pushed after commits).
+#[derive(Clone, PartialEq, Message)]
+pub struct Watermarks {
+    /// Streams.
+    #[prost(message, repeated, tag = "1")]
+    pub streams: Vec<Watermark>,
+}
+
+/// Ask for watermarks of streams.
+#[derive(Clone, PartialEq, Message)]
+pub struct GetWatermarks {
+    /// Streams.
+    #[prost(uint64, repeated, tag = "1")]
+    pub streams: Vec<u64>,
+}
+
+/// First index entry whose max timestamp is at or after `timestamp`.
+#[derive(Clone, PartialEq, Message)]
+pub struct OffsetForTime {
+    /// Stream.
+    #[prost(uint64, tag = "1")]
+    pub stream_id: u64,
+    /// Timestamp in ms.
+    #[prost(int64, tag = "2")]
+    pub timestamp: i64,
+}
+
+/// Answer to [`OffsetForTime`]: the entry, or none when every record is older.
+#[derive(Clone, PartialEq, Message)]
+pub struct OffsetForTimeReply {
+    /// Kafka error code.
+    #[prost(int32, tag = "1")]
+    pub error: Code,
+    /// The entry to scan.
+    #[prost(message, optional, tag = "2")]
+    pub entry: Option<IndexEntry>,
+}
+
+/// Ask for registered data planes.
+#[derive(Clone, PartialEq, Message)]
+pub struct GetBrokers {}
+
+/// A registered data plane.
+#[derive(Clone, PartialEq, Message)]
+pub struct Broker {
+    /// Node id.
+    #[prost(int32, tag = "1")]
+    pub node_id: i32,
+    /// Host.
+    #[prost(string, tag = "2")]
+    pub host: String,
+    /// Port.
+    #[prost(int32, tag = "3")]
+    pub port: i32,
+    /// Zone (Kafka rack).
+    #[prost(string, tag = "4")]
+    pub zone: String,
+}
+
+/// Answer to [`GetBrokers`].
+#[derive(Clone, PartialEq, Message)]
+pub struct Brokers {
+    /// Data planes.
+    #[prost(message, repeated, tag = "1")]
+    pub brokers: Vec<Broker>,
+}
+
+/// A request failed as a whole.
+#[derive(Clone, PartialEq, Message)]
+pub struct Failed {
+    /// Kafka error code.
+    #[prost(int32, tag = "1")]
+    pub error: Code,
+    /// Why.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Sluice's one test command: installs what the tests need, builds, runs the Rust tests and the
+# end-to-end suite (tests/, pytest). Safe to re-run; a second run skips installs already done.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -k confluent    # extra arguments go to pytest
+#
+# Environment:
+#   CARGO_TARGET_DIR   cargo target dir (default ~/.cache/sluice-target)
+#   SLUICE_BIN_DIR     where the e2e tests find the binaries (default $CARGO_TARGET_DIR/release)
+#   SLUICE_VENV        directory holding the Python virtualenv .venv (default ~/.cache/sluice-venv)
+#   PYTEST_TIMEOUT     per-test timeout in seconds (default 300; some tests set their own)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+export SLUICE_BIN_DIR="${SLUICE_BIN_DIR:-$CARGO_TARGET_DIR/release}"
+VENV="${SLUICE_VENV:-$HOME/.cache/sluice-venv}/.venv"
+PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-300}"
+
+log() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        as_root apt-get update
+        APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+# --- system packages --------------------------------------------------------------------------
+if ! command -v kcat >/dev/null 2>&1; then
+    log "installing kcat"
+    apt_install kcat
+fi
+if ! command -v python3 >/dev/null 2>&1; then
+    log "installing python3"
+    apt_install python3 python3-venv
+fi
+if [ ! -x "$VENV/bin/python" ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    log "installing python3-venv"
+    apt_install python3-venv
+fi
+
+# --- Python virtualenv --------------------------------------------------------------------------
+REQ="$ROOT/tests/requirements.txt"
+STAMP="$VENV/.sluice-requirements.sha256"
+REQ_HASH="$(sha256sum "$REQ" | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null || true)" != "$REQ_HASH" ]; then
+    log "creating/updating virtualenv $VENV"
+    mkdir -p "$(dirname "$VENV")"
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -r "$REQ"
+    echo "$REQ_HASH" > "$STAMP"
+else
+    log "virtualenv $VENV is up to date"
+fi
+
+# --- Rust build and unit/integration tests ------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+
+log "cargo build --release --bins (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+cargo build --release --bins
+log "cargo test --workspace --release"
+cargo test --workspace --release
+
+# --- end-to-end suite ---------------------------------------------------------------------------
+log "pytest tests (per-test timeout ${PYTEST_TIMEOUT}s, binaries from $SLUICE_BIN_DIR)"
+cd "$ROOT"
+exec "$VENV/bin/python" -m pytest tests -v --timeout="$PYTEST_TIMEOUT" "$@"

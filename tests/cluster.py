@@ -1,0 +1,227 @@
+"""Running a real Sluice cluster (control plane + data plane) for the end-to-end tests.
+
+Binaries are taken from $SLUICE_BIN_DIR (default $CARGO_TARGET_DIR/release, with
+CARGO_TARGET_DIR defaulting to ~/.cache/sluice-target).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import kafka_wire
+
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/sluice-target")
+BIN_DIR = Path(os.environ.get("SLUICE_BIN_DIR") or os.path.join(TARGET_DIR, "release"))
+CONTROLPLANE = "sluice-controlplane"
+DATAPLANE = "sluice-dataplane"
+
+STARTUP_TIMEOUT = float(os.environ.get("SLUICE_STARTUP_TIMEOUT", "60"))
+LOG_TAIL_LINES = 80
+
+
+def binary(name):
+    path = BIN_DIR / name
+    if not path.exists():
+        pytest.fail(f"binary {path} not found: build with `cargo build --release --bins` "
+                    f"(CARGO_TARGET_DIR={TARGET_DIR}) or set SLUICE_BIN_DIR", pytrace=False)
+    return str(path)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Poll predicate() until it returns a truthy value; return that value or raise."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 - remembered for the failure message
+            last_exc = e
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_exc!r})" if last_exc else ""
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def tail(path, lines=LOG_TAIL_LINES):
+    try:
+        data = Path(path).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "<no log>"
+    return "\n".join(data[-lines:])
+
+
+def child_env():
+    env = dict(os.environ)
+    env.setdefault("RUST_BACKTRACE", "1")
+    return env
+
+
+class ProcessDied(AssertionError):
+    pass
+
+
+class Sluice:
+    """One control plane and one data plane on free loopback ports with a private data dir."""
+
+    def __init__(self, base_dir, cores=1, dataplane_args=(), controlplane_args=()):
+        self.base_dir = Path(base_dir)
+        self.cores = cores
+        self.dataplane_args = [str(a) for a in dataplane_args]
+        self.controlplane_args = [str(a) for a in controlplane_args]
+        self.cp_dir = self.base_dir / "controlplane-data"
+        self.dp_dir = self.base_dir / "dataplane-data"
+        self.log_dir = self.base_dir / "logs"
+        for d in (self.cp_dir, self.dp_dir, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.rpc_port = free_port()
+        self.kafka_port = free_port()
+        self.cp_log = self.log_dir / "controlplane.log"
+        self.dp_log = self.log_dir / "dataplane.log"
+        self.cp = None
+        self.dp = None
+        self._starts = {"controlplane": 0, "dataplane": 0}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def rpc_addr(self):
+        return f"127.0.0.1:{self.rpc_port}"
+
+    def controlplane_cmd(self):
+        return [binary(CONTROLPLANE), "--data-dir", str(self.cp_dir),
+                "--rpc-listen", self.rpc_addr, *self.controlplane_args]
+
+    def dataplane_cmd(self):
+        return [binary(DATAPLANE), "--data-dir", str(self.dp_dir),
+                "--controlplane", self.rpc_addr, "--listen", self.bootstrap,
+                "--cores", str(self.cores), *self.dataplane_args]
+
+    # ------------------------------------------------------------------ process control
+    def _spawn(self, role, cmd, log_path):
+        self._starts[role] += 1
+        log = open(log_path, "ab")
+        log.write(f"\n===== start #{self._starts[role]} at {time.strftime('%H:%M:%S')}: "
+                  f"{' '.join(cmd)}\n".encode())
+        log.flush()
+        try:
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=child_env(), start_new_session=True)
+        finally:
+            log.close()
+
+    def _check_alive(self, proc, role, log_path):
+        if proc is not None and proc.poll() is not None:
+            raise ProcessDied(f"{role} exited with code {proc.returncode}; log tail:\n{tail(log_path)}")
+
+    def start_controlplane(self):
+        assert self.cp is None, "control plane already running"
+        self.cp = self._spawn("controlplane", self.controlplane_cmd(), self.cp_log)
+
+        def ready():
+            self._check_alive(self.cp, "controlplane", self.cp_log)
+            with socket.create_connection(("127.0.0.1", self.rpc_port), timeout=1):
+                return True
+
+        self._wait_ready(ready, "control plane RPC port to accept", self.cp_log)
+
+    def start_dataplane(self):
+        assert self.dp is None, "data plane already running"
+        self.dp = self._spawn("dataplane", self.dataplane_cmd(), self.dp_log)
+
+        def ready():
+            self._check_alive(self.dp, "dataplane", self.dp_log)
+            with kafka_wire.KafkaConnection(self.bootstrap, timeout=2) as conn:
+                md = kafka_wire.metadata_v1(conn, topics=[])
+                return bool(md["brokers"])
+
+        self._wait_ready(ready, "data plane to answer Metadata", self.dp_log)
+
+    def _wait_ready(self, ready, what, log_path):
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except ProcessDied:
+                raise
+            except Exception as e:  # noqa: BLE001 - not ready yet
+                last = e
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out after {STARTUP_TIMEOUT}s waiting for {what} "
+                           f"(last error: {last!r}); log tail:\n{tail(log_path)}")
+
+    def start(self):
+        self.start_controlplane()
+        self.start_dataplane()
+        return self
+
+    @staticmethod
+    def _kill(proc, sig, timeout):
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{proc.args[0]} did not exit within {timeout}s of signal {sig}") from None
+
+    def kill_dataplane(self, sig=signal.SIGKILL, timeout=30):
+        """Send sig, wait for the process to exit and return its exit status.
+
+        The process then counts as deliberately stopped (no 'died' complaint at teardown).
+        """
+        code = self._kill(self.dp, sig, timeout)
+        self.dp = None
+        return code
+
+    def kill_controlplane(self, sig=signal.SIGKILL, timeout=30):
+        code = self._kill(self.cp, sig, timeout)
+        self.cp = None
+        return code
+
+    def restart_all(self, sig=signal.SIGKILL):
+        self.kill_dataplane(sig)
+        self.kill_controlplane(sig)
+        self.start()
+
+    def running(self):
+        return {role: (p is not None and p.poll() is None) for role, p in
+                (("controlplane", self.cp), ("dataplane", self.dp))}
+
+    def check_alive(self):
+        """Raise if a process that was started has died on its own."""
+        self._check_alive(self.cp, "controlplane", self.cp_log)
+        self._check_alive(self.dp, "dataplane", self.dp_log)
+
+    def stop(self):
+        for proc in (self.dp, self.cp):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def log_tails(self):
+        return (f"--- controlplane log ({self.cp_log}) ---\n{tail(self.cp_log)}\n"
+                f"--- dataplane log ({self.dp_log}) ---\n{tail(self.dp_log)}")

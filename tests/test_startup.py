@@ -1,0 +1,128 @@
+"""Process lifecycle: start-up errors are one clear line (no panic, no backtrace), and both
+processes stop on SIGTERM / SIGINT without losing acknowledged data."""
+
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from cluster import CONTROLPLANE, DATAPLANE, binary, free_port
+from helpers import HealthProbe
+
+ROLES = ["controlplane", "dataplane"]
+
+
+def clean_env():
+    env = dict(os.environ)
+    for var in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE", "RUST_LOG"):
+        env.pop(var, None)
+    return env
+
+
+def command(role, data_dir, listen, controlplane_addr=None, extra=()):
+    if role == "controlplane":
+        return [binary(CONTROLPLANE), "--data-dir", str(data_dir), "--rpc-listen", listen, *extra]
+    return [binary(DATAPLANE), "--data-dir", str(data_dir), "--controlplane", controlplane_addr,
+            "--listen", listen, "--cores", "1", *extra]
+
+
+def run_expecting_failure(cmd, timeout=30):
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, env=clean_env(),
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"{cmd[0]} did not exit within {timeout}s; stderr so far: {e.stderr!r}")
+    return proc
+
+
+def assert_one_line_error(proc, *any_of):
+    """Non-zero exit, exactly one non-empty stderr line, no panic/backtrace; the line contains
+    at least one of any_of (case-insensitive) when given."""
+    stderr = proc.stderr.decode(errors="replace")
+    assert proc.returncode not in (0, None) and proc.returncode > 0, \
+        f"exit status {proc.returncode} (want a non-zero exit, not a signal); stderr:\n{stderr}"
+    lower = stderr.lower()
+    assert "panicked" not in lower and "backtrace" not in lower, f"panic/backtrace on stderr:\n{stderr}"
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected a single-line error on stderr, got {len(lines)} lines:\n{stderr}"
+    if any_of:
+        assert any(s.lower() in lines[0].lower() for s in any_of), \
+            f"error line does not mention any of {any_of}: {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.fixture
+def controlplane_addr(sluice_factory):
+    """A running control plane for data-plane start-up tests (so only the tested fault remains)."""
+    cluster = sluice_factory(start=False)
+    cluster.start_controlplane()
+    return cluster.rpc_addr
+
+
+def role_command(role, request, tmp_path, listen, extra=(), data_dir=None):
+    """Command line for role; a data plane gets a running control plane, and a fresh data dir
+    is created unless data_dir is given."""
+    cp = request.getfixturevalue("controlplane_addr") if role == "dataplane" else None
+    if data_dir is None:
+        data_dir = tmp_path / f"{role}-data"
+        data_dir.mkdir(exist_ok=True)
+    return command(role, data_dir, listen, cp, extra)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("extra,mentions", [
+    (["--definitely-not-a-flag"], ["definitely-not-a-flag"]),
+    (["--definitely-not-a-flag", "value"], ["definitely-not-a-flag"]),
+], ids=["unknown-flag", "unknown-flag-with-value"])
+def test_bad_flag(request, tmp_path, role, extra, mentions):
+    cmd = role_command(role, request, tmp_path, f"127.0.0.1:{free_port()}", extra)
+    assert_one_line_error(run_expecting_failure(cmd), *mentions)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_missing_required_flag(request, tmp_path, role):
+    cmd = role_command(role, request, tmp_path, f"127.0.0.1:{free_port()}")
+    cmd = cmd[:1] + cmd[3:]  # drop --data-dir DIR
+    assert_one_line_error(run_expecting_failure(cmd), "data-dir")
+
+
+def test_dataplane_bad_flag_value(request, tmp_path):
+    cmd = role_command("dataplane", request, tmp_path, f"127.0.0.1:{free_port()}")
+    cmd[cmd.index("--cores") + 1] = "many"
+    assert_one_line_error(run_expecting_failure(cmd), "cores", "many")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_unusable_data_dir(request, tmp_path, role):
+    regular_file = tmp_path / "file"
+    regular_file.write_text("not a directory\n")
+    cmd = role_command(role, request, tmp_path, f"127.0.0.1:{free_port()}",
+                       data_dir=regular_file / "data")
+    assert_one_line_error(run_expecting_failure(cmd), str(regular_file))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_port_in_use(request, tmp_path, role):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        cmd = role_command(role, request, tmp_path, f"127.0.0.1:{port}")
+        assert_one_line_error(run_expecting_failure(cmd), str(port), "in use")
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stops_on_signal_and_keeps_data(sluice, role, sig):
+    probe = HealthProbe(sluice.bootstrap, n=200)
+    if role == "dataplane":
+        code = sluice.kill_dataplane(sig, timeout=15)
+        sluice.start_dataplane()
+    else:
+        code = sluice.kill_controlplane(sig, timeout=15)
+        sluice.start_controlplane()
+    assert code in (0, -sig), f"{role} exit status {code} after {sig.name}"
+    probe.check()
