@@ -31,7 +31,10 @@ pub struct LocalObjectStore {
 impl LocalObjectStore {
     /// A store rooted at `data_dir/objects`.
     pub fn new(data_dir: &Path) -> Self {
-        Self { wal_dir: data_dir.join("objects/wal"), tmp_dir: data_dir.join("objects/tmp") }
+        // Absolute paths: glommio opens directories through io_uring, where a relative path
+        // fails with EBADF.
+        let root = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        Self { wal_dir: root.join("objects/wal"), tmp_dir: root.join("objects/tmp") }
     }
 
     /// Durably stores `data` under `key`.

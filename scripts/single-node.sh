@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds Sluice and starts a single node on embedded defaults: the control plane (metadata in
+# DATA_DIR/meta.redb) and one data plane (objects in DATA_DIR/objects) with its Kafka listener.
+# Ctrl-C stops both. Extra arguments go to the data plane (e.g. --cores 1).
+#
+#   scripts/single-node.sh                      # 127.0.0.1:9092, ./data
+#   SLUICE_DATA_DIR=/tmp/s scripts/single-node.sh --cores 2
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+DATA_DIR="${SLUICE_DATA_DIR:-./data}"
+LISTEN="${SLUICE_LISTEN:-127.0.0.1:9092}"
+RPC="${SLUICE_RPC_LISTEN:-127.0.0.1:9093}"
+
+cargo build --release --bins -p sluice-controlplane -p sluice-dataplane
+BIN="$CARGO_TARGET_DIR/release"
+
+pids=()
+stop() {
+    trap - INT TERM EXIT
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    echo "sluice stopped"
+}
+trap stop INT TERM EXIT
+
+"$BIN/sluice-controlplane" --data-dir "$DATA_DIR" --rpc-listen "$RPC" &
+pids+=($!)
+"$BIN/sluice-dataplane" --data-dir "$DATA_DIR" --controlplane "$RPC" --listen "$LISTEN" "$@" &
+pids+=($!)
+
+# Ready when the Kafka port accepts connections.
+for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/${LISTEN%:*}/${LISTEN##*:}") 2>/dev/null; then
+        echo "sluice is listening for Kafka clients on $LISTEN (data in $DATA_DIR; Ctrl-C stops it)"
+        break
+    fi
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || { echo "sluice failed to start" >&2; exit 1; }; done
+    sleep 0.1
+done
+wait -n "${pids[@]}"
