@@ -67,6 +67,7 @@ pub enum MetaError {
     #[error("condition failed")]
     ConditionFailed,
     /// Watch requested from a revision that is no longer retained.
+    #[allow(dead_code)]
     #[error("revision {0} compacted")]
     Compacted(u64),
 }
@@ -88,7 +89,10 @@ pub trait MetaStore: Send + Sync + 'static {
     fn open_session(&self) -> impl Future<Output = MetaResult<SessionId>> + Send;
     /// Ends a session, deleting its ephemeral keys.
     fn close_session(&self, session: SessionId) -> impl Future<Output = MetaResult<()>> + Send;
-    /// Changes after `from_revision`, in revision order, then live changes.
+    /// Changes after `from_revision`, in revision order, then live changes. Part of the Oxia
+    /// contract (a standby control plane follows the leader's writes with it); the single-node
+    /// control plane pushes its own changes directly and does not call it yet.
+    #[allow(dead_code)]
     fn watch(&self, from_revision: u64) -> MetaResult<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>>;
 
     /// Compare-and-set of one key: `expected` `None` means the key must be absent.

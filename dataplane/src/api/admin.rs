@@ -50,10 +50,11 @@ pub async fn create_topics(shard: &Rc<Shard>, req: CreateTopicsRequest, version:
             Some((38, "Replication factor must be larger than 0, or -1 to use the default value.".to_string()))
         } else if partitions <= 0 {
             Some((37, "Number of partitions must be larger than 0, or -1 to use the default value.".to_string()))
-        } else if let Some(c) = t.configs.iter().find(|c| c.value.is_none()) {
-            Some((40, format!("Null value not supported for topic configs: {}", c.name.as_str())))
         } else {
-            None
+            t.configs
+                .iter()
+                .find(|c| c.value.is_none())
+                .map(|c| (40, format!("Null value not supported for topic configs: {}", c.name.as_str())))
         };
         if let Some((e, m)) = error {
             r.error_code = e;
