@@ -30,7 +30,7 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = parse_args();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
         .with_writer(std::io::stderr)
@@ -42,6 +42,20 @@ fn main() {
     };
     if let Err(e) = rt.block_on(run(args)) {
         fail(e);
+    }
+}
+
+/// Parses flags; a bad flag is one line on stderr (no usage dump), `--help` prints as usual.
+fn parse_args() -> Args {
+    match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("sluice-controlplane: error: {first} (see --help)");
+            std::process::exit(2);
+        }
     }
 }
 

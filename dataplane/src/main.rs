@@ -23,7 +23,7 @@ use config::{Args, Config};
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
 fn main() {
-    let args = Args::parse();
+    let args = parse_args();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
         .with_writer(std::io::stderr)
@@ -66,6 +66,20 @@ fn main() {
             Ok(Err(e)) => fail(e),
             Err(e) => fail(format!("shard failed: {e}")),
             Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Parses flags; a bad flag is one line on stderr (no usage dump), `--help` prints as usual.
+fn parse_args() -> Args {
+    match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("sluice-dataplane: error: {first} (see --help)");
+            std::process::exit(2);
         }
     }
 }
