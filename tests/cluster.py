@@ -160,6 +160,11 @@ class Sluice:
                 if ready():
                     return
             except ProcessDied:
+                # Reported here; don't report the same exit again at teardown.
+                if self.cp is not None and self.cp.poll() is not None:
+                    self.cp = None
+                if self.dp is not None and self.dp.poll() is not None:
+                    self.dp = None
                 raise
             except Exception as e:  # noqa: BLE001 - not ready yet
                 last = e
@@ -201,10 +206,6 @@ class Sluice:
         self.kill_dataplane(sig)
         self.kill_controlplane(sig)
         self.start()
-
-    def running(self):
-        return {role: (p is not None and p.poll() is None) for role, p in
-                (("controlplane", self.cp), ("dataplane", self.dp))}
 
     def check_alive(self):
         """Raise if a process that was started has died on its own."""

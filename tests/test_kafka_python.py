@@ -76,7 +76,7 @@ def test_roundtrip(sluice, codec):
     client = kp_admin(sluice.bootstrap)
     topic = unique(f"kp-{codec}")
     kp_create_topic(client, topic, PARTITIONS)
-    records = make_records(N_RECORDS, PARTITIONS, tag=f"kp-{codec}")
+    records = make_records(N_RECORDS, PARTITIONS, tag=f"kp-{codec}", null_header_values=False)
     deliveries = kp_produce(sluice.bootstrap, topic, records,
                             compression_type=None if codec == "none" else codec)
     assert_dense_delivery(records, deliveries)
@@ -105,7 +105,7 @@ def test_default_producer_config(sluice):
     client = kp_admin(sluice.bootstrap)
     topic = unique("kp-default")
     kp_create_topic(client, topic, 1)
-    records = make_records(200, 1, tag="kp-default")
+    records = make_records(200, 1, tag="kp-default", null_header_values=False)
     p = KafkaProducer(bootstrap_servers=sluice.bootstrap)
     try:
         metas = [p.send(topic, value=r.value, key=r.key, headers=list(r.headers),

@@ -81,13 +81,6 @@ def test_bad_flag(request, tmp_path, role, extra, mentions):
     assert_one_line_error(run_expecting_failure(cmd), *mentions)
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_missing_required_flag(request, tmp_path, role):
-    cmd = role_command(role, request, tmp_path, f"127.0.0.1:{free_port()}")
-    cmd = cmd[:1] + cmd[3:]  # drop --data-dir DIR
-    assert_one_line_error(run_expecting_failure(cmd), "data-dir")
-
-
 def test_dataplane_bad_flag_value(request, tmp_path):
     cmd = role_command("dataplane", request, tmp_path, f"127.0.0.1:{free_port()}")
     cmd[cmd.index("--cores") + 1] = "many"

@@ -75,12 +75,12 @@ pub async fn create_topics(shard: &Rc<Shard>, req: CreateTopicsRequest, version:
             r.error_code = rep.error as i16;
             r.error_message = rep.message.map(|m| sb(&m));
             if rep.error == 0 {
-                if let Some(t) = rep.topic {
+                if let Some(t) = rep.topic.filter(|_| version >= 7) {
                     r.topic_id = uuid::Uuid::from_slice(&t.topic_id).unwrap_or_default();
                 }
-                r.num_partitions = nt.partitions;
-                r.replication_factor = 1;
                 if version >= 5 {
+                    r.num_partitions = nt.partitions;
+                    r.replication_factor = 1;
                     r.configs = Some(effective_configs(shard, &nt.configs));
                 }
             }
@@ -128,13 +128,17 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest, version:
         match name {
             None => {
                 r.error_code = 100; // UNKNOWN_TOPIC_ID
-                r.error_message = Some(sb("This server does not host this topic ID."));
+                if version >= 5 {
+                    r.error_message = Some(sb("This server does not host this topic ID."));
+                }
             }
             Some(n) => {
                 let rep = replies.next().unwrap_or_default();
                 r.name = Some(TopicName(sb(&n)));
                 r.error_code = rep.error as i16;
-                r.error_message = rep.message.map(|m| sb(&m));
+                if version >= 5 {
+                    r.error_message = rep.message.map(|m| sb(&m));
+                }
                 if rep.error == 0 {
                     shard.meta.borrow_mut().topics.remove(&n);
                 }

@@ -37,7 +37,6 @@ pub async fn handle(shard: &Rc<Shard>, _req: DescribeClusterRequest, _version: i
     DescribeClusterResponse::default()
         .with_cluster_id(sb(&shard.meta.borrow().cluster_id))
         .with_controller_id(BrokerId(shard.cfg.node_id))
-        .with_endpoint_type(1)
         .with_brokers(brokers)
         .with_cluster_authorized_operations(OPS_UNKNOWN)
 }

@@ -20,7 +20,7 @@ struct Want {
     max_bytes: usize,
 }
 
-pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, _version: i16) -> FetchResponse {
+pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchResponse {
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     let max_bytes = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
@@ -74,7 +74,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, _version: i16) -> Fetc
             .with_error_code(error)
             .with_high_watermark(if error == code::UNKNOWN_TOPIC_OR_PARTITION { -1 } else { marks.hwm })
             .with_last_stable_offset(marks.hwm)
-            .with_log_start_offset(marks.log_start)
+            .with_log_start_offset(if version >= 5 { marks.log_start } else { -1 })
             .with_aborted_transactions(Some(Vec::new()))
             .with_preferred_read_replica(BrokerId(-1))
             .with_records(Some(records));

@@ -13,7 +13,7 @@ use std::rc::Rc;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
-pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, _version: i16) -> ListOffsetsResponse {
+pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     // Resolve every partition first, then ask for all watermarks in one call.
     let mut resolved = Vec::new();
     for t in &req.topics {
@@ -51,7 +51,9 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, _version: i16) -
                 parts.push(r.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
-            r = r.with_leader_epoch(0);
+            if version >= 4 {
+                r.leader_epoch = 0;
+            }
             match p.timestamp {
                 LATEST => r.offset = m.high_watermark,
                 EARLIEST => r.offset = m.log_start,
@@ -72,9 +74,9 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, _version: i16) -
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// The first offset whose record timestamp is at or after `ts`, with that timestamp. Within a
-/// compressed batch the records are not decompressed: the batch's base offset is answered, which
-/// is at or before the exact record, so a consumer starting there misses nothing.
+/// The first offset whose record timestamp is at or after `ts`, with that timestamp. Records of
+/// uncompressed batches are scanned in place; compressed batches are decompressed (only here:
+/// produce and fetch never decompress).
 async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64)>, i16> {
     let entry: IndexEntry = match shard.rpc.call(Body::OffsetForTime(OffsetForTime { stream_id: stream, timestamp: ts }), RPC_TIMEOUT).await {
         Ok(Body::OffsetForTimeReply(r)) if r.error == 0 => match r.entry {
@@ -93,6 +95,13 @@ async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64
             if let Ok(records) = wal_format::batch::record_positions(bytes) {
                 if let Some(r) = records.iter().find(|r| r.timestamp >= ts) {
                     return Ok(Some((base + i64::from(r.offset_delta), r.timestamp)));
+                }
+            } else {
+                let mut buf = bytes::Bytes::copy_from_slice(bytes);
+                if let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
+                    if let Some(r) = set.records.iter().find(|r| r.timestamp >= ts) {
+                        return Ok(Some((base + (r.offset - h.base_offset), r.timestamp)));
+                    }
                 }
             }
             return Ok(Some((base, h.max_timestamp)));

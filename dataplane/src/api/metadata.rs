@@ -39,7 +39,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         None => {
             let mut all: Vec<Rc<TopicMeta>> = shard.meta.borrow().topics.values().cloned().collect();
             all.sort_by(|a, b| a.name.cmp(&b.name));
-            all.iter().map(|t| describe(t, node)).collect()
+            all.iter().map(|t| describe(t, node, version)).collect()
         }
         Some(names) => {
             let mut out = Vec::with_capacity(names.len());
@@ -49,7 +49,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                     continue;
                 };
                 out.push(match resolve(shard, &name, allow_create).await {
-                    Ok(t) => describe(&t, node),
+                    Ok(t) => describe(&t, node, version),
                     Err(e) => MetadataResponseTopic::default()
                         .with_name(Some(TopicName(sb(&name))))
                         .with_error_code(e)
@@ -59,12 +59,15 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             out
         }
     };
-    MetadataResponse::default()
-        .with_brokers(vec![broker])
-        .with_cluster_id(Some(sb(&shard.meta.borrow().cluster_id)))
-        .with_controller_id(BrokerId(node))
-        .with_topics(topics)
-        .with_cluster_authorized_operations(OPS_UNKNOWN)
+    // Fields a version lacks must keep their defaults, or the encoder refuses the response.
+    let mut resp = MetadataResponse::default().with_brokers(vec![broker]).with_topics(topics);
+    if version >= 1 {
+        resp.controller_id = BrokerId(node);
+    }
+    if version >= 2 {
+        resp.cluster_id = Some(sb(&shard.meta.borrow().cluster_id));
+    }
+    resp
 }
 
 /// Finds a topic: in the shard's cache, else at the control plane (the cache may lag), else by
@@ -112,20 +115,20 @@ pub async fn resolve(shard: &Rc<Shard>, name: &str, allow_create: bool) -> Resul
     }
 }
 
-fn describe(t: &TopicMeta, node: i32) -> MetadataResponseTopic {
+fn describe(t: &TopicMeta, node: i32, version: i16) -> MetadataResponseTopic {
     let partitions = (0..t.streams.len() as i32)
         .map(|p| {
             MetadataResponsePartition::default()
                 .with_partition_index(p)
                 .with_leader_id(BrokerId(node))
-                .with_leader_epoch(0)
+                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
                 .with_replica_nodes(vec![BrokerId(node)])
                 .with_isr_nodes(vec![BrokerId(node)])
         })
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(sb(&t.name))))
-        .with_topic_id(t.topic_id)
+        .with_topic_id(if version >= 10 { t.topic_id } else { uuid::Uuid::nil() })
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPS_UNKNOWN)
 }

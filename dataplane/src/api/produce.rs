@@ -41,7 +41,7 @@ fn partition(index: i32, error: i16) -> PartitionProduceResponse {
     PartitionProduceResponse::default().with_index(index).with_error_code(error).with_base_offset(-1).with_log_append_time_ms(-1).with_log_start_offset(-1)
 }
 
-pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
     let acks = req.acks;
     let acks_valid = matches!(acks, -1..=1);
     let mut topics = Vec::with_capacity(req.topic_data.len());
@@ -92,7 +92,9 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Op
         match result {
             Ok((base, log_start)) => {
                 slot.base_offset = base;
-                slot.log_start_offset = log_start;
+                if version >= 5 {
+                    slot.log_start_offset = log_start;
+                }
             }
             Err(e) => slot.error_code = e,
         }
