@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+import kafka_wire as kw
 from cluster import CONTROLPLANE, DATAPLANE, binary, free_port
 from helpers import HealthProbe
 
@@ -118,4 +119,30 @@ def test_stops_on_signal_and_keeps_data(sluice, role, sig):
         code = sluice.kill_controlplane(sig, timeout=15)
         sluice.start_controlplane()
     assert code in (0, -sig), f"{role} exit status {code} after {sig.name}"
+    probe.check()
+
+
+@pytest.mark.parametrize("role,sig", [
+    ("dataplane", signal.SIGKILL),
+    ("dataplane", signal.SIGTERM),
+    ("controlplane", signal.SIGKILL),
+], ids=["dataplane-SIGKILL", "dataplane-SIGTERM", "controlplane-SIGKILL"])
+def test_restart_on_same_port_with_clients_connected(sluice, role, sig):
+    """A supervisor restarts a stopped process at once on the same address. Connections that
+    were open when it stopped (closed by the server side, so left in TIME_WAIT) must not make
+    the new process fail with 'address in use'."""
+    probe = HealthProbe(sluice.bootstrap)
+    conns = [kw.KafkaConnection(sluice.bootstrap) for _ in range(3)]
+    try:
+        for conn in conns:
+            assert kw.api_versions(conn)[0] == kw.NONE
+        if role == "dataplane":
+            sluice.kill_dataplane(sig)
+            sluice.start_dataplane()
+        else:
+            sluice.kill_controlplane(sig)
+            sluice.start_controlplane()
+    finally:
+        for conn in conns:
+            conn.close()
     probe.check()

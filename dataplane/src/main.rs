@@ -38,9 +38,17 @@ fn main() {
     }
     // Probe the port without SO_REUSEPORT: the shards bind with it, and would otherwise silently
     // share the port with another broker already there.
-    match std::net::TcpListener::bind(cfg.listen) {
-        Ok(l) => drop(l),
-        Err(e) => fail(format!("cannot listen on {}: {e}", cfg.listen)),
+    // A data plane killed a moment ago may still hold the port: io_uring tears a dead process's
+    // ring (and the listener it was accepting on) down asynchronously. Wait briefly for that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(cfg.listen) {
+            Ok(l) => break drop(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => fail(format!("cannot listen on {}: {e}", cfg.listen)),
+        }
     }
     let cores = cfg.cores;
     let mesh = glommio::channels::channel_mesh::MeshBuilder::full(cores, 1024);
