@@ -117,7 +117,15 @@ async fn register<M: MetaStore + Clone>(ctl: &Controller<M>, r: Register, sessio
         tracing::info!(node = r.node_id, host = %r.host, port = r.port, zone = %r.zone, cores = r.cores, "data plane registered");
     }
     let topics = ctl.shared.topics.read().expect("poisoned").values().cloned().collect();
-    Body::Registered(Registered { epoch: ctl.shared.epoch, cluster_id: ctl.shared.cluster_id.clone(), topics, controller_id: r.node_id })
+    let marks = ctl
+        .shared
+        .streams
+        .read()
+        .expect("poisoned")
+        .iter()
+        .map(|(s, w)| Watermark { stream_id: *s, log_start: w.log_start, high_watermark: w.hwm })
+        .collect();
+    Body::Registered(Registered { epoch: ctl.shared.epoch, cluster_id: ctl.shared.cluster_id.clone(), topics, controller_id: r.node_id, marks })
 }
 
 async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, body: Body) -> Body {

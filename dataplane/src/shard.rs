@@ -228,6 +228,11 @@ impl Shard {
                 for t in r.topics {
                     m.put_topic(t);
                 }
+                for w in r.marks {
+                    m.advance(w.stream_id, Marks { log_start: w.log_start, hwm: w.high_watermark });
+                }
+                drop(m);
+                self.marks_changed.notify_all();
             }
             Event::Note(Body::Watermarks(w)) => {
                 for m in w.streams {

@@ -197,6 +197,9 @@ pub struct Registered {
     /// Node id of the controller reported to clients.
     #[prost(int32, tag = "4")]
     pub controller_id: i32,
+    /// Watermarks of every stream, so the shard's view starts current.
+    #[prost(message, repeated, tag = "5")]
+    pub marks: Vec<Watermark>,
 }
 
 /// A topic as the metadata store holds it.
