@@ -73,6 +73,16 @@ class ProcessDied(AssertionError):
     pass
 
 
+def describe_exit(returncode):
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
 class Sluice:
     """One control plane and one data plane on free loopback ports with a private data dir."""
 
@@ -127,7 +137,7 @@ class Sluice:
 
     def _check_alive(self, proc, role, log_path):
         if proc is not None and proc.poll() is not None:
-            raise ProcessDied(f"{role} exited with code {proc.returncode}; log tail:\n{tail(log_path)}")
+            raise ProcessDied(f"{role} {describe_exit(proc.returncode)}; log tail:\n{tail(log_path)}")
 
     def start_controlplane(self):
         assert self.cp is None, "control plane already running"
@@ -208,9 +218,15 @@ class Sluice:
         self.start()
 
     def check_alive(self):
-        """Raise if a process that was started has died on its own."""
-        self._check_alive(self.cp, "controlplane", self.cp_log)
-        self._check_alive(self.dp, "dataplane", self.dp_log)
+        """Raise if a process that was started has died on its own (reports all that did)."""
+        problems = []
+        for proc, role, log in ((self.cp, "controlplane", self.cp_log), (self.dp, "dataplane", self.dp_log)):
+            try:
+                self._check_alive(proc, role, log)
+            except ProcessDied as e:
+                problems.append(str(e))
+        if problems:
+            raise ProcessDied("\n".join(problems))
 
     def stop(self):
         for proc in (self.dp, self.cp):

@@ -12,8 +12,27 @@ from cluster import wait_until
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 
+
+class _RepeatFilter(logging.Filter):
+    """Drops a log line after it was seen `limit` times (librdkafka repeats connect failures
+    every second while a broker is down)."""
+
+    def __init__(self, limit=3):
+        super().__init__()
+        self.limit = limit
+        self.seen = Counter()
+
+    def filter(self, record):
+        msg = record.getMessage()
+        self.seen[msg] += 1
+        if self.seen[msg] == self.limit + 1:
+            record.msg, record.args = f"{msg} [repeated; further repeats suppressed]", ()
+        return self.seen[msg] <= self.limit + 1
+
+
 # librdkafka's own log lines go through logging, so pytest shows them only for failing tests.
 RDKAFKA_LOG = logging.getLogger("rdkafka")
+RDKAFKA_LOG.addFilter(_RepeatFilter())
 
 # A record to produce / a record as consumed.
 Rec = namedtuple("Rec", "partition key value headers timestamp")

@@ -170,6 +170,10 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, body: Body) -> Body {
             let incs = c.topics.into_iter().map(|p| (p.name, p.count)).collect();
             Body::AdminReply(ctl.create_partitions(incs, c.validate_only).await)
         }
+        Body::AllocateProducerId(_) => match allocate_producer_id(ctl).await {
+            Ok(producer_id) => Body::ProducerIdAllocated(ProducerIdAllocated { producer_id }),
+            Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
+        },
         Body::GetBrokers(_) => {
             let (a, b) = keys::brokers();
             match ctl.shared.store.range(&a, &b, usize::MAX).await {
@@ -178,5 +182,21 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, body: Body) -> Body {
             }
         }
         other => failed(code::INVALID_REQUEST, format!("unexpected message {:?}", std::mem::discriminant(&other))),
+    }
+}
+
+/// Hands out producer ids from a counter in the metadata store (compare-and-set, so ids are
+/// never reused, across restarts too).
+async fn allocate_producer_id<M: MetaStore + Clone>(ctl: &Controller<M>) -> Result<i64, crate::meta::MetaError> {
+    let store = &ctl.shared.store;
+    loop {
+        let cur = store.get(&keys::next_producer_id()).await?;
+        let id = cur.as_ref().and_then(|v| v.value.as_ref().try_into().ok()).map(i64::from_be_bytes).unwrap_or(1000);
+        let next = Bytes::copy_from_slice(&(id + 1).to_be_bytes());
+        match store.put(&keys::next_producer_id(), next, cur.map(|v| v.version)).await {
+            Ok(_) => return Ok(id),
+            Err(crate::meta::MetaError::ConditionFailed) => continue,
+            Err(e) => return Err(e),
+        }
     }
 }

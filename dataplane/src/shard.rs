@@ -107,6 +107,8 @@ pub struct AppendReq {
     pub batches: Vec<(u32, i64)>,
     pub offset_count: i64,
     pub max_timestamp: i64,
+    /// Idempotent producer id, epoch and first sequence, when the request holds one such batch.
+    pub producer: Option<(i64, i16, i32)>,
 }
 
 /// Base offset and log start offset of an appended request, or a Kafka error code.

@@ -30,8 +30,18 @@ struct Pending {
     reply: oneshot::Sender<AppendResult>,
 }
 
+/// Committed batches remembered per producer and stream, as Kafka does, to recognise retries.
+const PRODUCER_WINDOW: usize = 5;
+/// Most (stream, producer) windows a shard keeps.
+const RECENT_LIMIT: usize = 100_000;
+
 /// A shard's WAL buffer and flush pipeline.
 pub struct Wal {
+    /// Per (stream, producer id): the last committed batches' epoch, first sequence and base
+    /// offset. A retried batch (same producer, epoch and sequence) gets its original offset and
+    /// is not stored twice. Kept in memory: a retry that spans a data plane restart is stored
+    /// again.
+    recent: RefCell<std::collections::HashMap<(u64, i64), std::collections::VecDeque<(i16, i32, i64)>>>,
     open: RefCell<Vec<Pending>>,
     open_bytes: Cell<usize>,
     generation: Cell<u64>,
@@ -46,6 +56,7 @@ impl Wal {
     /// An empty buffer configured from the flags.
     pub fn new(cfg: &crate::config::Config) -> Self {
         Wal {
+            recent: RefCell::default(),
             open: RefCell::default(),
             open_bytes: Cell::new(0),
             generation: Cell::new(0),
@@ -60,6 +71,13 @@ impl Wal {
 /// Appends validated batches of a stream this shard owns; answers after commit.
 pub async fn append(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
     let wal = &shard.wal;
+    if let Some((pid, epoch, seq)) = req.producer {
+        let known = wal.recent.borrow().get(&(req.stream, pid)).and_then(|d| d.iter().find(|(e, s, _)| *e == epoch && *s == seq).map(|r| r.2));
+        if let Some(offset) = known {
+            let log_start = shard.marks(req.stream).map(|m| m.log_start).unwrap_or(0);
+            return Ok((offset, log_start));
+        }
+    }
     let size = req.data.len() as u64;
     // Held until the object holding these bytes is committed (moved into the flush task).
     let permit = match wal.inflight.acquire_static_permit(size.min(shard.cfg.wal_max_inflight_bytes as u64)).await {
@@ -215,6 +233,22 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, previous
     for (r, c) in results.chunks.iter().zip(&layout) {
         if r.error == 0 {
             shard.advance(c.stream_id, Marks { log_start: r.log_start, hwm: r.high_watermark });
+        }
+    }
+    {
+        let mut recent = shard.wal.recent.borrow_mut();
+        if recent.len() > RECENT_LIMIT {
+            // Bounded memory: forget every window rather than grow with producers never seen again.
+            recent.clear();
+        }
+        for (p, a) in batch.iter().zip(&answers) {
+            if let (Some((pid, epoch, seq)), Ok((base, _))) = (p.req.producer, a) {
+                let d = recent.entry((p.req.stream, pid)).or_default();
+                if d.len() == PRODUCER_WINDOW {
+                    d.pop_front();
+                }
+                d.push_back((epoch, seq, *base));
+            }
         }
     }
     for (p, a) in batch.into_iter().zip(answers) {

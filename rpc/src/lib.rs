@@ -73,7 +73,7 @@ pub struct Envelope {
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
     /// The message.
-    #[prost(oneof = "body::Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23")]
+    #[prost(oneof = "body::Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25")]
     pub body: Option<body::Body>,
 }
 
@@ -149,6 +149,12 @@ pub mod body {
         /// Answer to [`Ping`].
         #[prost(message, tag = "23")]
         Pong(Ping),
+        /// Allocate a producer id (InitProducerId).
+        #[prost(message, tag = "24")]
+        AllocateProducerId(AllocateProducerId),
+        /// Answer to [`AllocateProducerId`].
+        #[prost(message, tag = "25")]
+        ProducerIdAllocated(ProducerIdAllocated),
     }
 }
 
@@ -544,4 +550,16 @@ pub struct Failed {
     /// Why.
     #[prost(string, tag = "2")]
     pub message: String,
+}
+
+/// Ask for a new, never used producer id.
+#[derive(Clone, PartialEq, Message)]
+pub struct AllocateProducerId {}
+
+/// Answer to [`AllocateProducerId`].
+#[derive(Clone, PartialEq, Message)]
+pub struct ProducerIdAllocated {
+    /// The id.
+    #[prost(int64, tag = "1")]
+    pub producer_id: i64,
 }

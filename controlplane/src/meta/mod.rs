@@ -121,6 +121,10 @@ pub mod keys {
     pub fn next_stream() -> String {
         format!("{ROOT}cluster/next_stream_id")
     }
+    /// Next producer id to hand out.
+    pub fn next_producer_id() -> String {
+        format!("{ROOT}cluster/next_producer_id")
+    }
     /// A registered data plane (ephemeral).
     pub fn broker(node_id: i32) -> String {
         format!("{ROOT}cluster/brokers/{node_id:010}")

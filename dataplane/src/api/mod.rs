@@ -9,6 +9,7 @@ mod api_versions;
 mod describe_cluster;
 mod describe_configs;
 mod fetch;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -33,6 +34,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// What the connection writes for a request.
@@ -158,6 +160,7 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request) -> Reply {
         }
         ApiKey::DescribeConfigs => run!(describe_configs),
         ApiKey::DescribeCluster => run!(describe_cluster),
+        ApiKey::InitProducerId => run!(init_producer_id),
         other => {
             tracing::warn!(api = ?other, "unsupported API; closing connection");
             Reply::Close

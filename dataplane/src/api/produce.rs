@@ -22,6 +22,10 @@ pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<Ap
     let mut batches = Vec::with_capacity(headers.len());
     let mut offset_count = 0i64;
     let mut max_timestamp = i64::MIN;
+    let producer = match headers.as_slice() {
+        [(_, h)] if h.producer_id >= 0 => Some((h.producer_id, h.producer_epoch, h.base_sequence)),
+        _ => None,
+    };
     for (pos, h) in headers {
         if h.size() > max_message_bytes {
             return Err(code::MESSAGE_TOO_LARGE);
@@ -34,7 +38,7 @@ pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<Ap
         offset_count += h.offset_count();
         max_timestamp = max_timestamp.max(h.max_timestamp);
     }
-    Ok(AppendReq { stream, data, batches, offset_count, max_timestamp })
+    Ok(AppendReq { stream, data, batches, offset_count, max_timestamp, producer })
 }
 
 fn partition(index: i32, error: i16) -> PartitionProduceResponse {
