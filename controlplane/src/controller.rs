@@ -497,3 +497,6 @@ async fn add_partitions<M: MetaStore>(shared: &Shared<M>, name: String, count: i
         Err(e) => storage_failure(name, e),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+//! The sequencer's invariants, on the embedded store: offsets dense, increasing and assigned
+//! once; concurrent commits share transactions; a retried commit gets its first answer; a newer
+//! control plane fences an older one; everything survives reopening the store.
+
+use super::*;
+use crate::meta::RedbMetaStore;
+use sluice_rpc::CommitChunk;
+
+fn chunk(stream: u64, count: u64) -> CommitChunk {
+    CommitChunk { stream_id: stream, position: 44, length: 10, crc: 0, offset_count: count, max_timestamp: 1, batch_count: 1 }
+}
+
+fn commit(key: &str, chunks: Vec<CommitChunk>) -> CommitWal {
+    CommitWal { object_key: key.to_string(), object_size: 100, chunks }
+}
+
+async fn topic(ctl: &Controller<RedbMetaStore>, name: &str, partitions: i32) -> Topic {
+    let r = ctl.create_topics(vec![NewTopic { name: name.into(), partitions, configs: Default::default() }], false).await;
+    assert_eq!(r.results[0].error, 0, "{:?}", r.results[0].message);
+    r.results[0].topic.clone().expect("created topic")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_get_dense_offsets_in_shared_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+    let ctl = Controller::start(store.clone()).await.unwrap();
+    let t = topic(&ctl, "orders", 2).await;
+    let (s0, s1) = (t.streams[0], t.streams[1]);
+    let before = store.txn(vec![], vec![]).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let ctl = ctl.clone();
+        tasks.push(tokio::spawn(async move {
+            let reply = ctl.commit(commit(&format!("obj-{i}"), vec![chunk(s0, 1 + i % 3), chunk(s1, 2)])).await.unwrap();
+            (i, reply)
+        }));
+    }
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for t in tasks {
+        let (i, reply) = t.await.unwrap();
+        assert_eq!(reply.chunks.len(), 2);
+        assert!(reply.chunks.iter().all(|c| c.error == 0));
+        ranges.push((reply.chunks[0].base_offset, reply.chunks[0].base_offset + (1 + i % 3) as i64));
+    }
+    ranges.sort();
+    // Dense and assigned once: the ranges tile [0, hwm) with no gap and no overlap.
+    let mut next = 0;
+    for (a, b) in &ranges {
+        assert_eq!(*a, next, "gap or overlap at {a}");
+        next = *b;
+    }
+    assert_eq!(ctl.watermark(s0).unwrap().hwm, next);
+    assert_eq!(ctl.watermark(s1).unwrap().hwm, 400);
+    // Group commit: 200 commits took fewer transactions than commits.
+    let after = store.txn(vec![], vec![]).await.unwrap();
+    assert!(after - before - 1 < 200, "{} transactions for 200 commits", after - before - 1);
+
+    // The index answers look-ups from any offset.
+    let entries = ctl.lookup(s1, 399, 10).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0].base_offset, entries[0].end_offset), (398, 400));
+}
+
+#[tokio::test]
+async fn retried_commit_gets_its_first_offsets_and_state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    let (s, first) = {
+        let store = RedbMetaStore::open(&path).unwrap();
+        let ctl = Controller::start(store).await.unwrap();
+        let s = topic(&ctl, "t", 1).await.streams[0];
+        let first = ctl.commit(commit("a", vec![chunk(s, 5)])).await.unwrap();
+        let again = ctl.commit(commit("a", vec![chunk(s, 5)])).await.unwrap();
+        assert_eq!(first, again, "a retried commit must not take new offsets");
+        assert_eq!(ctl.watermark(s).unwrap().hwm, 5);
+        (s, first)
+    };
+    // A restarted control plane continues the sequence and remembers the committed object. The
+    // old actor lets go of the database once it sees its last handle dropped.
+    let store = reopen(&path).await;
+    let ctl = Controller::start(store).await.unwrap();
+    assert_eq!(ctl.watermark(s).unwrap().hwm, 5);
+    assert_eq!(ctl.commit(commit("a", vec![chunk(s, 5)])).await.unwrap(), first);
+    let next = ctl.commit(commit("b", vec![chunk(s, 3)])).await.unwrap();
+    assert_eq!(next.chunks[0].base_offset, 5);
+    assert_eq!(ctl.shared.topics.read().unwrap()["t"].streams, vec![s]);
+}
+
+async fn reopen(path: &std::path::Path) -> RedbMetaStore {
+    for _ in 0..500 {
+        match RedbMetaStore::open(path) {
+            Ok(s) => return s,
+            Err(_) => tokio::task::yield_now().await,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the store stayed open after its controller was dropped");
+}
+
+#[tokio::test]
+async fn a_newer_control_plane_fences_the_older_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+    let old = Controller::start(store.clone()).await.unwrap();
+    let s = topic(&old, "t", 1).await.streams[0];
+    let new = Controller::start(store.clone()).await.unwrap();
+    assert!(new.shared.epoch > old.shared.epoch);
+    assert!(matches!(old.commit(commit("x", vec![chunk(s, 1)])).await, Err(MetaError::ConditionFailed)));
+    let r = new.commit(commit("y", vec![chunk(s, 1)])).await.unwrap();
+    assert_eq!(r.chunks[0].base_offset, 0, "the fenced commit took no offsets");
+}
+
+#[tokio::test]
+async fn admin_errors_use_kafka_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap()).await.unwrap();
+    let s = topic(&ctl, "t", 1).await.streams[0];
+    let create = |name: &str, partitions: i32, configs: &[(&str, &str)]| NewTopic {
+        name: name.into(),
+        partitions,
+        configs: configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    let r = ctl
+        .create_topics(
+            vec![
+                create("t", 1, &[]),
+                create("bad name", 1, &[]),
+                create("u", 0, &[]),
+                create("v", 1, &[("retention.ms", "soon")]),
+                create("w", 1, &[("no.such", "1")]),
+            ],
+            false,
+        )
+        .await;
+    let codes: Vec<i32> = r.results.iter().map(|r| r.error).collect();
+    assert_eq!(codes, [code::TOPIC_ALREADY_EXISTS, code::INVALID_TOPIC_EXCEPTION, code::INVALID_PARTITIONS, code::INVALID_CONFIG, code::INVALID_CONFIG]);
+    // validate_only creates nothing.
+    assert_eq!(ctl.create_topics(vec![create("z", 1, &[])], true).await.results[0].error, 0);
+    assert!(!ctl.shared.topics.read().unwrap().contains_key("z"));
+    // Partitions only grow; new ones get new streams.
+    assert_eq!(ctl.create_partitions(vec![("t".into(), 1)], false).await.results[0].error, code::INVALID_PARTITIONS);
+    let grown = ctl.create_partitions(vec![("t".into(), 3)], false).await;
+    let streams = grown.results[0].topic.as_ref().unwrap().streams.clone();
+    assert_eq!(streams.len(), 3);
+    assert_eq!(streams[0], s);
+    // Deleting a topic makes commits to its streams fail with UNKNOWN_TOPIC_OR_PARTITION.
+    assert_eq!(ctl.delete_topics(vec!["t".into()]).await.results[0].error, 0);
+    let r = ctl.commit(commit("late", vec![chunk(s, 1)])).await.unwrap();
+    assert_eq!(r.chunks[0].error, code::UNKNOWN_TOPIC_OR_PARTITION);
+    assert_eq!(ctl.delete_topics(vec!["t".into()]).await.results[0].error, code::UNKNOWN_TOPIC_OR_PARTITION);
+}
