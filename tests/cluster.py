@@ -39,7 +39,11 @@ def free_port():
 
 
 def wait_until(predicate, timeout, interval=0.05, what="condition"):
-    """Poll predicate() until it returns a truthy value; return that value or raise."""
+    """Poll predicate() until it returns a truthy value; return that value or raise.
+
+    Exceptions from predicate() count as 'not yet' (the last one is reported on timeout),
+    except AssertionError, which fails at once.
+    """
     deadline = time.monotonic() + timeout
     last_exc = None
     while True:
@@ -47,6 +51,8 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
             value = predicate()
             if value:
                 return value
+        except AssertionError:
+            raise
         except Exception as e:  # noqa: BLE001 - remembered for the failure message
             last_exc = e
         if time.monotonic() >= deadline:

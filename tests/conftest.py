@@ -17,8 +17,6 @@ import pytest
 from cluster import ProcessDied, Sluice
 
 
-# ---------------------------------------------------------------------- fixtures & hooks
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "sluice(cores=1, dataplane_args=(), controlplane_args=()): "
                                        "options for the `sluice` fixture")

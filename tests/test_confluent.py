@@ -26,9 +26,7 @@ def check_list_offsets(bootstrap, topic, records):
     """earliest / latest / by-timestamp lookups, via both AdminClient and Consumer APIs."""
     parts = per_partition(records)
     client = admin(bootstrap)
-    specs = {}
-    for p in range(PARTITIONS):
-        specs[TopicPartition(topic, p, 0)] = OffsetSpec.earliest()
+    specs = {TopicPartition(topic, p, 0): OffsetSpec.earliest() for p in range(PARTITIONS)}
     result = {tp.partition: f.result(timeout=30) for tp, f in client.list_offsets(specs).items()}
     assert {p: r.offset for p, r in result.items()} == {p: 0 for p in range(PARTITIONS)}
 
@@ -235,24 +233,24 @@ def test_create_topics_and_errors(sluice):
                          validate_only=True)[dry].result(timeout=30)
     assert dry not in topic_names(sluice.bootstrap)
 
-    err = admin_error(client.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name])
-    assert err.code() == KafkaError.TOPIC_ALREADY_EXISTS, err
+    def create_error(topic, partitions=1, config=None, validate_only=False):
+        new = NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})
+        return admin_error(client.create_topics([new], validate_only=validate_only)[topic]).code()
+
+    assert create_error(name) == KafkaError.TOPIC_ALREADY_EXISTS
+    assert create_error(name, validate_only=True) == KafkaError.TOPIC_ALREADY_EXISTS
 
     for bad_name in ["has space", "a" * 250, "..", "slash/in/name"]:
-        err = admin_error(client.create_topics([NewTopic(bad_name, num_partitions=1, replication_factor=1)])[bad_name])
-        assert err.code() == KafkaError.TOPIC_EXCEPTION, f"{bad_name!r}: {err}"
+        assert create_error(bad_name) == KafkaError.TOPIC_EXCEPTION, bad_name
     assert not {"has space", "..", "slash/in/name"} & topic_names(sluice.bootstrap)
 
     for config in [{"no.such.config": "1"}, {"retention.ms": "not-a-number"}, {"cleanup.policy": "bogus"}]:
         t = unique("badcfg")
-        err = admin_error(client.create_topics([NewTopic(t, num_partitions=1, replication_factor=1,
-                                                         config=config)])[t])
-        assert err.code() == KafkaError.INVALID_CONFIG, f"{config}: {err}"
+        assert create_error(t, config=config) == KafkaError.INVALID_CONFIG, config
+        assert create_error(t, config=config, validate_only=True) == KafkaError.INVALID_CONFIG, config
         assert t not in topic_names(sluice.bootstrap)
 
-    t = unique("zero")
-    err = admin_error(client.create_topics([NewTopic(t, num_partitions=0, replication_factor=1)])[t])
-    assert err.code() == KafkaError.INVALID_PARTITIONS, err
+    assert create_error(unique("zero"), partitions=0) == KafkaError.INVALID_PARTITIONS
 
 
 def test_delete_topic_and_recreate(sluice):

@@ -40,7 +40,10 @@ impl LocalObjectStore {
     /// Durably stores `data` under `key`.
     pub async fn put(&self, key: &str, data: &[u8]) -> std::io::Result<()> {
         let tmp = self.tmp_dir.join(key);
-        let file = DmaFile::create(&tmp).await?;
+        // Read-write, not write-only: glommio probes a device's iopoll support with a read on
+        // the first file it opens there, and on a write-only descriptor that fails (EBADF) and
+        // logs an error.
+        let file = glommio::io::OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&tmp).await?;
         let mut w = DmaStreamWriterBuilder::new(file).with_buffer_size(512 << 10).with_write_behind(4).build();
         w.write_all(data).await?;
         // close() flushes, truncates the aligned tail to the real length and fdatasyncs.
