@@ -55,6 +55,9 @@ pub struct Shared<M> {
     pub streams: RwLock<HashMap<u64, StreamState>>,
     /// Pushed to every data plane connection: encoded notification frames.
     pub notify: broadcast::Sender<Arc<Vec<u8>>>,
+    /// WAL objects committed, and the transactions they took (group commit makes it fewer).
+    pub commits: std::sync::atomic::AtomicU64,
+    pub commit_groups: std::sync::atomic::AtomicU64,
 }
 
 enum Command {
@@ -129,6 +132,8 @@ impl<M: MetaStore + Clone> Controller<M> {
             topics: RwLock::new(topics),
             streams: RwLock::new(streams),
             notify,
+            commits: Default::default(),
+            commit_groups: Default::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run(shared.clone(), rx));
@@ -310,6 +315,9 @@ async fn commit_group<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>) {
     }
     match shared.store.txn(vec![epoch_cond(shared)], ops).await {
         Ok(_) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            shared.commits.fetch_add(fresh.len() as u64, Relaxed);
+            shared.commit_groups.fetch_add(1, Relaxed);
             let mut streams = shared.streams.write().expect("poisoned");
             let mut marks = Vec::with_capacity(next.len());
             for (s, st) in next {

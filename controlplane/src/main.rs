@@ -9,6 +9,7 @@
 
 mod controller;
 mod meta;
+mod metrics;
 mod server;
 
 use clap::Parser;
@@ -24,6 +25,9 @@ struct Args {
     /// Address the internal protocol listens on (data planes connect here).
     #[arg(long, env = "SLUICE_RPC_LISTEN", default_value = "127.0.0.1:9093")]
     rpc_listen: String,
+    /// Address of the Prometheus `/metrics` endpoint (off when not given).
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
@@ -73,6 +77,10 @@ async fn run(args: Args) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&args.rpc_listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.rpc_listen))?;
+    if let Some(addr) = &args.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tokio::spawn(metrics::serve(l, ctl.clone()));
+    }
     tracing::info!(
         rpc = %args.rpc_listen,
         data_dir = %args.data_dir.display(),

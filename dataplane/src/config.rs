@@ -56,6 +56,9 @@ pub struct Args {
     /// Largest request frame; a longer one closes the connection (socket.request.max.bytes).
     #[arg(long, env = "SLUICE_SOCKET_REQUEST_MAX_BYTES", default_value_t = 104_857_600)]
     pub socket_request_max_bytes: usize,
+    /// Address of the Prometheus `/metrics` endpoint (off when not given).
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     pub log: String,
@@ -79,6 +82,7 @@ pub struct Config {
     pub num_partitions: i32,
     pub max_message_bytes: i32,
     pub socket_request_max_bytes: usize,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -93,6 +97,12 @@ impl Config {
         if a.controlplane.to_socket_addrs().ok().and_then(|mut it| it.next()).is_none() {
             return Err(format!("--controlplane {}: not an address", a.controlplane));
         }
+        let metrics_listen = match &a.metrics_listen {
+            None => None,
+            Some(m) => Some(
+                m.to_socket_addrs().ok().and_then(|mut it| it.next()).ok_or_else(|| format!("--metrics-listen {m}: not an address"))?,
+            ),
+        };
         let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let cores = a.cores.unwrap_or(available);
         if cores == 0 || cores > available {
@@ -121,6 +131,7 @@ impl Config {
             num_partitions: a.num_partitions,
             max_message_bytes: a.max_message_bytes,
             socket_request_max_bytes: a.socket_request_max_bytes,
+            metrics_listen,
         })
     }
 }

@@ -25,6 +25,7 @@ const READ_STEP: usize = 1 << 20;
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = stream.set_nodelay(true);
+    shard.metrics.add(crate::metrics::M::Connections, 1);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<glommio::Task<Reply>>(MAX_INFLIGHT);
     let writer = glommio::spawn_local(async move {
@@ -82,4 +83,5 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     drop(tx);
     let _ = writer.await;
+    shard.metrics.sub(crate::metrics::M::Connections, 1);
 }

@@ -12,6 +12,7 @@ mod api;
 mod cache;
 mod config;
 mod conn;
+mod metrics;
 mod notify;
 mod rpc_client;
 mod shard;

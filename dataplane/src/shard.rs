@@ -134,6 +134,8 @@ pub struct ReadResult {
 pub enum ShardMsg {
     Append(AppendReq, oneshot::Sender<AppendResult>),
     Read(ReadReq, oneshot::Sender<ReadResult>),
+    /// Asks for the shard's counters (for `/metrics`).
+    Metrics(oneshot::Sender<Vec<u64>>),
 }
 
 /// A shard's state. Lives in an `Rc` on its executor.
@@ -148,6 +150,7 @@ pub struct Shard {
     pub wal: wal::Wal,
     pub cache: RefCell<BatchCache>,
     pub store: LocalObjectStore,
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 impl Shard {
@@ -277,6 +280,7 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
         wal: wal::Wal::new(&cfg),
         cache: RefCell::new(BatchCache::new(cfg.cache_bytes / cfg.cores)),
         store: LocalObjectStore::new(&cfg.data_dir),
+        metrics: Default::default(),
         cfg,
     });
     let (ev_tx, ev_rx) = local_channel::new_bounded(1024);
@@ -310,6 +314,9 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
                         ShardMsg::Read(req, tx) => {
                             let _ = tx.send(wal::read(&s, req).await);
                         }
+                        ShardMsg::Metrics(tx) => {
+                            let _ = tx.send(s.metrics.snapshot());
+                        }
                     }
                 })
                 .detach();
@@ -320,6 +327,9 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
     let listener = listen(shard.cfg.listen).map_err(|e| format!("cannot listen on {}: {e}", shard.cfg.listen))?;
     if id == 0 {
         tracing::info!(listen = %shard.cfg.listen, "Kafka listener ready");
+        if let Some(addr) = shard.cfg.metrics_listen {
+            glommio::spawn_local(crate::metrics::serve(shard.clone(), addr)).detach();
+        }
     }
     loop {
         match listener.accept().await {

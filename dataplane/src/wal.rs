@@ -12,6 +12,7 @@
 //!    for the previous one), which assigns offsets. Only then are the appends answered, their
 //!    batches patched with real base offsets and put in the cache.
 
+use crate::metrics::M;
 use crate::shard::{code, AppendReq, AppendResult, Marks, ReadReq, ReadResult, Shard, RPC_TIMEOUT};
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -79,6 +80,8 @@ pub async fn append(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
         }
     }
     let size = req.data.len() as u64;
+    shard.metrics.add(M::ProduceBytes, size);
+    shard.metrics.add(M::ProduceRecords, req.offset_count as u64);
     // Held until the object holding these bytes is committed (moved into the flush task).
     let permit = match wal.inflight.acquire_static_permit(size.min(shard.cfg.wal_max_inflight_bytes as u64)).await {
         Ok(p) => p,
@@ -165,6 +168,10 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, previous
     }
 
     let written = shard.store.put(&key, &object).await;
+    if written.is_ok() {
+        shard.metrics.add(M::WalObjects, 1);
+        shard.metrics.add(M::WalObjectBytes, object.len() as u64);
+    }
     // Commits go in cut order, even when a later object was written first.
     if let Some(prev) = previous {
         let _ = prev.await;
@@ -183,6 +190,7 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, previous
     let results = match reply {
         Ok(r) => r,
         Err(e) => {
+            shard.metrics.add(M::WalCommitFailures, 1);
             for p in batch {
                 let _ = p.reply.send(Err(e));
             }
@@ -354,6 +362,8 @@ async fn load(shard: &Rc<Shard>, stream: u64, offset: i64) -> Result<Vec<(i64, i
 }
 
 async fn load_entry(shard: &Shard, stream: u64, e: &IndexEntry) -> Result<Vec<(i64, i64, Bytes)>, i16> {
+    shard.metrics.add(M::ObjectReads, 1);
+    shard.metrics.add(M::ObjectReadBytes, u64::from(e.length));
     let data = shard.store.get_range(&e.object_key, e.position, e.length as usize).await.map_err(|err| {
         tracing::error!(object = %e.object_key, error = %err, "object read failed");
         code::KAFKA_STORAGE_ERROR

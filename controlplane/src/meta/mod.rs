@@ -95,6 +95,9 @@ pub trait MetaStore: Send + Sync + 'static {
     #[allow(dead_code)]
     fn watch(&self, from_revision: u64) -> MetaResult<tokio::sync::mpsc::UnboundedReceiver<WatchEvent>>;
 
+    /// Write transactions this process committed (for `/metrics`).
+    fn transactions(&self) -> u64;
+
     /// Compare-and-set of one key: `expected` `None` means the key must be absent.
     fn put(&self, key: &str, value: Bytes, expected: Option<u64>) -> impl Future<Output = MetaResult<u64>> + Send {
         let cond = match expected {

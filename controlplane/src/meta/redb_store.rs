@@ -33,6 +33,7 @@ pub struct RedbMetaStore {
 
 struct Inner {
     db: Database,
+    transactions: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
 }
 
@@ -89,7 +90,7 @@ impl RedbMetaStore {
             w.commit().map_err(backend)?;
         }
         let state = State { next_session: 1, revision, ..State::default() };
-        Ok(Self { inner: Arc::new(Inner { db, state: Mutex::new(state) }) })
+        Ok(Self { inner: Arc::new(Inner { db, transactions: Default::default(), state: Mutex::new(state) }) })
     }
 
     fn apply(&self, conds: Vec<Cond>, ops: Vec<Op>) -> MetaResult<u64> {
@@ -143,6 +144,7 @@ impl RedbMetaStore {
             rev.insert("rev", revision).map_err(backend)?;
         }
         w.commit().map_err(backend)?;
+        self.inner.transactions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         state.revision = revision;
         for op in &ops {
             if let Op::PutEphemeral(k, _, s) = op {
@@ -228,6 +230,10 @@ impl MetaStore for RedbMetaStore {
             me.apply(vec![], owned.into_iter().map(Op::Delete).collect()).map(|_| ())
         })
         .await
+    }
+
+    fn transactions(&self) -> u64 {
+        self.inner.transactions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn watch(&self, from_revision: u64) -> MetaResult<mpsc::UnboundedReceiver<WatchEvent>> {

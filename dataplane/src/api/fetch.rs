@@ -66,6 +66,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
             break read_all(shard, &wants, max_bytes).await;
         }
     };
+    shard.metrics.add(crate::metrics::M::FetchBytes, results.iter().map(|r| r.1.len() as u64).sum());
     let mut topics: Vec<FetchableTopicResponse> =
         names.into_iter().map(|n| FetchableTopicResponse::default().with_topic(n)).collect();
     for (w, (error, records, marks)) in wants.iter().zip(results) {

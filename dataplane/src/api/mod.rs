@@ -137,13 +137,17 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request) -> Reply {
     match req.api {
         ApiKey::ApiVersions => api_versions::handle(&req),
         ApiKey::Produce => {
+            shard.metrics.add(crate::metrics::M::ProduceRequests, 1);
             let Some(body) = decode(&mut req) else { return Reply::Close };
             match produce::handle(&shard, body, v).await {
                 Some(resp) => encode(&req, v, &resp),
                 None => Reply::Nothing,
             }
         }
-        ApiKey::Fetch => run!(fetch),
+        ApiKey::Fetch => {
+            shard.metrics.add(crate::metrics::M::FetchRequests, 1);
+            run!(fetch)
+        }
         ApiKey::ListOffsets => run!(list_offsets),
         ApiKey::Metadata => run!(metadata),
         ApiKey::CreateTopics => {
