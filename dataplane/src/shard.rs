@@ -283,6 +283,7 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
         metrics: Default::default(),
         cfg,
     });
+    shard.store.probe_device().await;
     let (ev_tx, ev_rx) = local_channel::new_bounded(1024);
     let register = Register {
         protocol_version: sluice_rpc::PROTOCOL_VERSION,

@@ -16,11 +16,13 @@ pub fn prepare_dirs(data_dir: &Path) -> Result<(), String> {
         let p = data_dir.join(d);
         std::fs::create_dir_all(&p).map_err(|e| format!("cannot use data directory {}: {e}", data_dir.display()))?;
     }
-    let probe = data_dir.join("objects/tmp/.probe");
-    std::fs::write(&probe, b"ok").map_err(|e| format!("data directory {} is not writable: {e}", data_dir.display()))?;
-    let _ = std::fs::remove_file(probe);
+    // Also the file each shard's first DMA read goes to (see `LocalObjectStore::probe_device`).
+    let probe = data_dir.join(PROBE_FILE);
+    std::fs::write(&probe, [0u8; 4096]).map_err(|e| format!("data directory {} is not writable: {e}", data_dir.display()))?;
     Ok(())
 }
+
+const PROBE_FILE: &str = "objects/tmp/.iopoll-probe";
 
 /// Objects under `DATA_DIR/objects`.
 pub struct LocalObjectStore {
@@ -37,13 +39,24 @@ impl LocalObjectStore {
         Self { wal_dir: root.join("objects/wal"), tmp_dir: root.join("objects/tmp") }
     }
 
+    /// Opens a 4 KiB file of the store with DMA before anything else does. glommio decides once
+    /// per device whether to use its polled ring, by issuing a read on the first DMA file opened
+    /// there: on an empty file (a fresh WAL object) that read succeeds trivially, polling gets
+    /// enabled on a device that cannot poll, and every later DMA read fails with EOPNOTSUPP; on a
+    /// write-only file the probe fails with EBADF and logs an error. A real 4 KiB read gives
+    /// the right answer.
+    pub async fn probe_device(&self) {
+        if let Some(root) = self.tmp_dir.parent().and_then(Path::parent) {
+            if let Ok(f) = DmaFile::open(root.join(PROBE_FILE)).await {
+                let _ = f.close().await;
+            }
+        }
+    }
+
     /// Durably stores `data` under `key`.
     pub async fn put(&self, key: &str, data: &[u8]) -> std::io::Result<()> {
         let tmp = self.tmp_dir.join(key);
-        // Read-write, not write-only: glommio probes a device's iopoll support with a read on
-        // the first file it opens there, and on a write-only descriptor that fails (EBADF) and
-        // logs an error.
-        let file = glommio::io::OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&tmp).await?;
+        let file = DmaFile::create(&tmp).await?;
         let mut w = DmaStreamWriterBuilder::new(file).with_buffer_size(512 << 10).with_write_behind(4).build();
         w.write_all(data).await?;
         // close() flushes, truncates the aligned tail to the real length and fdatasyncs.
