@@ -108,6 +108,22 @@ def test_data_survives_clean_restart(sluice):
     assert_same_records(records + more, got)
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cores", [1, 2])
+def test_cold_reads_from_objects(sluice_factory, cores):
+    """With a cache far smaller than the data, a fresh process serves fetches from the WAL
+    objects (ranged reads through the index), not from memory."""
+    sluice = sluice_factory(cores=cores, dataplane_args=["--cache-bytes", "65536"])
+    topic = unique("cold")
+    create_topic(sluice.bootstrap, topic, PARTITIONS)
+    records = make_records(6000, PARTITIONS, tag="cold-" + "v" * 400)
+    assert_dense_delivery(records, produce_records(sluice.bootstrap, topic, records))
+    counts = {p: len(rs) for p, rs in per_partition(records).items()}
+    got = consume_range(sluice.bootstrap, topic, counts)
+    assert_offsets_dense(got)
+    assert_same_records(records, got)
+
+
 # ---------------------------------------------------------------------- long poll
 
 def fetch_requests_sent(stats):
