@@ -93,6 +93,10 @@ pub struct Args {
     /// Directory for the report files (.hgrm histograms, SVG plot, summary).
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
+    /// Records a producer may have queued in librdkafka (queue.buffering.max.messages). In an
+    /// unthrottled run this queue depth, over the throughput, is most of the measured latency.
+    #[arg(long, default_value_t = 100_000)]
+    pub queue_messages: u64,
     /// Seconds to wait for consumers to receive every acknowledged record after producing stops.
     #[arg(long, default_value_t = 30.0)]
     pub drain_timeout: f64,
@@ -118,6 +122,7 @@ pub struct Workload {
     pub backlog: u64,
     pub fetch_only: bool,
     pub drain_timeout: Duration,
+    pub queue_messages: u64,
 }
 
 impl Workload {
@@ -148,6 +153,7 @@ impl Workload {
             backlog: a.backlog.unwrap_or(backlog),
             fetch_only,
             drain_timeout: Duration::from_secs_f64(a.drain_timeout),
+            queue_messages: a.queue_messages.max(1),
         };
         if w.record_size < workload::HEADER_BYTES {
             bail!("--record-size must be at least {}", workload::HEADER_BYTES);

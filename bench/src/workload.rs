@@ -263,7 +263,7 @@ fn produce(w: &Workload, counters: &Arc<Counters>, window: Window, t0: u64, limi
             .set("linger.ms", w.linger_ms.to_string())
             .set("batch.size", w.batch_size.to_string())
             .set("compression.type", &w.compression)
-            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.messages", w.queue_messages.to_string())
             .set("queue.buffering.max.kbytes", "1048576")
             .set("enable.idempotence", "false")
             .create_with_context(ctx)

@@ -37,18 +37,9 @@ fn main() {
     if let Err(e) = store::prepare_dirs(&cfg.data_dir) {
         fail(e);
     }
-    // Probe the port without SO_REUSEPORT: the shards bind with it, and would otherwise silently
-    // share the port with another broker already there.
-    // A data plane killed a moment ago may still hold the port: io_uring tears a dead process's
-    // ring (and the listener it was accepting on) down asynchronously. Wait briefly for that.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match std::net::TcpListener::bind(cfg.listen) {
-            Ok(l) => break drop(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => fail(format!("cannot listen on {}: {e}", cfg.listen)),
+    for addr in std::iter::once(cfg.listen).chain(cfg.metrics_listen) {
+        if let Err(e) = wait_until_free(addr) {
+            fail(format!("cannot listen on {addr}: {e}"));
         }
     }
     let cores = cfg.cores;
@@ -75,6 +66,23 @@ fn main() {
             Ok(Err(e)) => fail(e),
             Err(e) => fail(format!("shard failed: {e}")),
             Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Waits (briefly) until nothing listens on `addr`. A data plane killed a moment ago may still
+/// hold its ports: io_uring tears a dead process's ring, and the listeners it was accepting on,
+/// down asynchronously. Probed without SO_REUSEPORT, since the shards bind with it and would
+/// otherwise silently share the port with another broker already there.
+fn wait_until_free(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -80,7 +80,7 @@ pub fn render(shards: &[Vec<u64>]) -> String {
 
 /// Serves `GET /metrics` on `addr` until the listener fails.
 pub async fn serve(shard: Rc<Shard>, addr: std::net::SocketAddr) {
-    let listener = match glommio::net::TcpListener::bind(addr) {
+    let listener = match crate::shard::listen(addr, false) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(%addr, error = %e, "cannot listen for metrics");

@@ -325,7 +325,7 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
         })
         .detach();
     }
-    let listener = listen(shard.cfg.listen).map_err(|e| format!("cannot listen on {}: {e}", shard.cfg.listen))?;
+    let listener = listen(shard.cfg.listen, true).map_err(|e| format!("cannot listen on {}: {e}", shard.cfg.listen))?;
     if id == 0 {
         tracing::info!(listen = %shard.cfg.listen, "Kafka listener ready");
         if let Some(addr) = shard.cfg.metrics_listen {
@@ -345,16 +345,16 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
     }
 }
 
-/// The shard's listener: SO_REUSEPORT so every shard accepts on the same port, and SO_REUSEADDR
-/// (which glommio's own `bind` does not set) so a restart is not refused while connections of
-/// the previous process linger in FIN_WAIT/TIME_WAIT.
+/// A listener with SO_REUSEADDR (which glommio's own `bind` does not set), so a restart is not
+/// refused while connections of the previous process linger in FIN_WAIT/TIME_WAIT; with
+/// `reuse_port`, SO_REUSEPORT too, so every shard accepts on the same port.
 #[allow(unsafe_code)]
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+pub fn listen(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<glommio::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     use std::os::fd::{FromRawFd, IntoRawFd};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
+    sock.set_reuse_port(reuse_port)?;
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
     // SAFETY: the descriptor is a freshly created, bound and listening TCP socket whose

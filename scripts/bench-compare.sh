@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Runs the BENCHMARKS.md workloads against Sluice and, side by side on the same machine in the
+# same run, against Tansu (memory:// and s3:// on a local S3 server), then measures the
+# machine's own limits. Results land in bench-results/<timestamp>/ (summary.jsonl, .hgrm
+# histograms, SVG latency plots, machine.txt).
+#
+#   scripts/bench-compare.sh                 # everything (about 5 minutes)
+#   DURATION=20 scripts/bench-compare.sh     # longer measured windows
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+DURATION="${DURATION:-10}"
+OUT="${OUT:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+cargo build --release --bins
+BIN="$CARGO_TARGET_DIR/release"
+BENCH="$BIN/sluice-bench"
+KPORT=29092 RPORT=29093 DMPORT=29094 CMPORT=29095 TPORT=29192 S3PORT=29100
+
+pids=()
+stop_all() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    pids=()
+}
+trap stop_all EXIT
+
+wait_port() {
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "port $1 never opened" >&2
+    return 1
+}
+
+start_sluice() { # start_sluice CORES [extra data plane flags...]
+    local cores="$1"
+    shift
+    local data
+    data="$(mktemp -d /tmp/sluice-bench-data.XXXXXX)"
+    "$BIN/sluice-controlplane" --data-dir "$data" --rpc-listen "127.0.0.1:$RPORT" \
+        --metrics-listen "127.0.0.1:$CMPORT" >"$OUT/sluice-controlplane.log" 2>&1 &
+    pids+=($!)
+    "$BIN/sluice-dataplane" --data-dir "$data" --controlplane "127.0.0.1:$RPORT" --listen "127.0.0.1:$KPORT" \
+        --cores "$cores" --metrics-listen "127.0.0.1:$DMPORT" "$@" >"$OUT/sluice-dataplane.log" 2>&1 &
+    pids+=($!)
+    wait_port "$KPORT"
+    wait_port "$DMPORT"
+}
+
+start_tansu() { # start_tansu memory|s3
+    scripts/peer-tansu.sh "$1" "$TPORT" "$S3PORT" >"$OUT/tansu-$1.log" 2>&1 &
+    pids+=($!)
+    wait_port "$TPORT"
+}
+
+METRICS="http://127.0.0.1:$DMPORT/metrics,http://127.0.0.1:$CMPORT/metrics"
+bench_sluice() { "$BENCH" --bootstrap "127.0.0.1:$KPORT" --metrics "$METRICS" --out "$OUT" "$@"; }
+bench_tansu() { "$BENCH" --bootstrap "127.0.0.1:$TPORT" --out "$OUT" "$@"; }
+last_rate() { tail -1 "$OUT/summary.jsonl" | sed 's/.*"records_per_sec":\([0-9.]*\).*/\1/' | cut -d. -f1; }
+
+echo "== (a) throughput, (c) small records, (d) cores 1 vs 2: Sluice"
+for cores in 2 1; do
+    start_sluice "$cores"
+    bench_sluice --preset throughput --duration "$DURATION" --label "a-sluice-cores$cores"
+    [ "$cores" = 2 ] && RATE_A="$(last_rate)"
+    [ "$cores" = 2 ] && bench_sluice --preset small-records --duration "$DURATION" --label "c-sluice-cores2"
+    stop_all
+done
+HALF=$((RATE_A / 2))
+echo "== (b) fixed rate at 50% of Sluice's (a): $HALF records/s"
+start_sluice 2
+bench_sluice --preset fixed-rate --rate "$HALF" --duration "$DURATION" --label "b-sluice-rate$HALF"
+echo "== (e) fetch-only from the cache"
+bench_sluice --preset fetch-only --backlog 200000 --label "e-sluice-cache"
+stop_all
+echo "== (e) fetch-only from objects (cold: 1 MiB cache)"
+start_sluice 2 --cache-bytes 1048576
+bench_sluice --preset fetch-only --backlog 200000 --label "e-sluice-cold"
+stop_all
+
+for mode in memory s3; do
+    echo "== the same workloads against Tansu ($mode)"
+    start_tansu "$mode"
+    bench_tansu --preset throughput --duration "$DURATION" --label "a-tansu-$mode"
+    bench_tansu --preset fixed-rate --rate "$HALF" --duration "$DURATION" --label "b-tansu-$mode-rate$HALF"
+    bench_tansu --preset small-records --duration "$DURATION" --label "c-tansu-$mode"
+    bench_tansu --preset fetch-only --backlog 200000 --label "e-tansu-$mode"
+    stop_all
+done
+
+echo "== (f) the machine's own limits"
+{
+    echo "cores: $(nproc)  memory: $(free -g | awk '/Mem:/{print $2}') GiB  kernel: $(uname -r)"
+    lscpu | grep -m1 'Model name' || true
+    if command -v iperf3 >/dev/null; then
+        iperf3 -s -p 29201 -1 >/dev/null 2>&1 &
+        sleep 0.5
+        iperf3 -c 127.0.0.1 -p 29201 -t 5 | grep -E 'sender|receiver'
+    fi
+    if command -v fio >/dev/null; then
+        fio --name=seqwrite-fsync --directory=/tmp --size=1g --bs=1m --rw=write --ioengine=sync \
+            --fdatasync=1 --direct=0 --unlink=1 --output-format=normal | grep -E 'WRITE:|clat \(|lat \(|99.00th|50.00th' | head -8
+    fi
+} | tee "$OUT/machine.txt"
+echo "results in $OUT"
