@@ -102,8 +102,15 @@ echo "== (f) the machine's own limits"
         iperf3 -c 127.0.0.1 -p 29201 -t 5 | grep -E 'sender|receiver'
     fi
     if command -v fio >/dev/null; then
-        fio --name=seqwrite-fsync --directory=/tmp --size=1g --bs=1m --rw=write --ioengine=sync \
-            --fdatasync=1 --direct=0 --unlink=1 --output-format=normal | grep -E 'WRITE:|clat \(|lat \(|99.00th|50.00th' | head -8
+        for bs in 1m 4m; do
+            fio --name=seqwrite-fsync --directory=/tmp --size=1g --bs="$bs" --rw=write --ioengine=sync \
+                --fdatasync=1 --unlink=1 --output-format=json | python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+w, s = j["write"], j["sync"]["lat_ns"]["percentile"]
+print("fio sequential write, %s blocks, fdatasync after each: %.0f MB/s, fdatasync p50 %.2f ms p99 %.2f ms"
+      % (sys.argv[1], w["bw_bytes"] / 1e6, s["50.000000"] / 1e6, s["99.000000"] / 1e6))' "$bs"
+        done
     fi
 } | tee "$OUT/machine.txt"
 echo "results in $OUT"

@@ -142,7 +142,9 @@ pub fn write(dir: &Path, s: &Summary, r: &RunResult) -> Result<()> {
             std::fs::write(file(name), hgrm(h)).with_context(|| format!("writing {name}"))?;
         }
     }
-    plot(&file("latency.svg"), &s.label, &[("produce", &r.produce), ("end-to-end", &r.e2e)])?;
+    if !r.produce.is_empty() || !r.e2e.is_empty() {
+        plot(&file("latency.svg"), &s.label, &[("produce", &r.produce), ("end-to-end", &r.e2e)])?;
+    }
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("summary.jsonl")).context("summary.jsonl")?;
     f.write_all(s.json().as_bytes())?;
