@@ -14,9 +14,13 @@ use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 use std::rc::Rc;
 
-/// Requests of one connection being worked on at once; the connection is not read further
-/// until the oldest is answered (backpressure, bounded memory).
-const MAX_INFLIGHT: usize = 64;
+/// Requests of one connection being worked on at once, and the bytes of their frames; past
+/// either, the connection is not read further until the oldest is answered (backpressure,
+/// bounded memory). The count is generous because produce requests wait for their WAL commit:
+/// a client that pipelines many small requests (librdkafka with linger.ms=0 builds them before
+/// it sees any backpressure) must not be throttled to one flush interval per few requests.
+const MAX_INFLIGHT: usize = 4096;
+const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 /// A frame's body is read in pieces of at most this size, so a client that announces a large
 /// frame and then sends nothing cannot make us allocate the whole announced size.
 const READ_STEP: usize = 1 << 20;
@@ -43,6 +47,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _ = wr.close().await;
     });
     let max = shard.cfg.socket_request_max_bytes;
+    let budget = Rc::new(glommio::sync::Semaphore::new(MAX_INFLIGHT_BYTES));
     loop {
         let mut len = [0u8; 4];
         if rd.read_exact(&mut len).await.is_err() {
@@ -54,6 +59,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             break;
         }
         let len = len as usize;
+        let Ok(permit) = budget.acquire_static_permit((len as u64).min(MAX_INFLIGHT_BYTES)).await else { break };
         let mut buf = BytesMut::with_capacity(len.min(READ_STEP));
         let mut short = false;
         while buf.len() < len {
@@ -76,7 +82,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 break;
             }
         };
-        let task = glommio::spawn_local(api::handle(shard.clone(), req));
+        let s = shard.clone();
+        let task = glommio::spawn_local(async move {
+            let reply = api::handle(s, req).await;
+            drop(permit);
+            reply
+        });
         if tx.send(task).await.is_err() {
             break;
         }
