@@ -97,6 +97,10 @@ pub struct Args {
     /// unthrottled run this queue depth, over the throughput, is most of the measured latency.
     #[arg(long, default_value_t = 100_000)]
     pub queue_messages: u64,
+    /// Extra librdkafka properties for every client, as key=value (repeatable), e.g.
+    /// -X socket.nagle.disable=true.
+    #[arg(short = 'X', value_parser = parse_kv)]
+    pub client_config: Vec<(String, String)>,
     /// Seconds to wait for consumers to receive every acknowledged record after producing stops.
     #[arg(long, default_value_t = 30.0)]
     pub drain_timeout: f64,
@@ -123,6 +127,11 @@ pub struct Workload {
     pub fetch_only: bool,
     pub drain_timeout: Duration,
     pub queue_messages: u64,
+    pub client_config: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected key=value, got {s}"))
 }
 
 impl Workload {
@@ -154,6 +163,7 @@ impl Workload {
             fetch_only,
             drain_timeout: Duration::from_secs_f64(a.drain_timeout),
             queue_messages: a.queue_messages.max(1),
+            client_config: a.client_config.clone(),
         };
         if w.record_size < workload::HEADER_BYTES {
             bail!("--record-size must be at least {}", workload::HEADER_BYTES);

@@ -122,6 +122,9 @@ impl ProducerContext for ProduceCtx {
 fn base_config(w: &Workload) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &w.bootstrap).set("client.id", format!("sluice-bench,label={}", w.label));
+    for (k, v) in &w.client_config {
+        c.set(k, v);
+    }
     c
 }
 
