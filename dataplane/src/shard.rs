@@ -325,6 +325,15 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
         })
         .detach();
     }
+    // Serve clients only once this shard has registered and holds the cluster's metadata:
+    // answering earlier would show clients an empty cluster (no topics, no cluster id).
+    while shard.meta.borrow().cluster_id.is_empty() {
+        let changed = shard.marks_changed.notified();
+        if !shard.meta.borrow().cluster_id.is_empty() {
+            break;
+        }
+        let _ = changed.await;
+    }
     let listener = listen(shard.cfg.listen, true).map_err(|e| format!("cannot listen on {}: {e}", shard.cfg.listen))?;
     if id == 0 {
         tracing::info!(listen = %shard.cfg.listen, "Kafka listener ready");

@@ -4,7 +4,7 @@
 //! directory, so an object is either wholly there under its final name or absent, across crashes.
 //! Reads are ranged (one chunk of an object at a time).
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriterBuilder};
 use std::path::{Path, PathBuf};
@@ -68,8 +68,8 @@ impl LocalObjectStore {
         Ok(())
     }
 
-    /// Reads `len` bytes at `pos` of object `key`.
-    pub async fn get_range(&self, key: &str, pos: u64, len: usize) -> std::io::Result<Bytes> {
+    /// Reads `len` bytes at `pos` of object `key` into a buffer the caller may patch in place.
+    pub async fn get_range(&self, key: &str, pos: u64, len: usize) -> std::io::Result<BytesMut> {
         let file = DmaFile::open(self.wal_dir.join(key)).await?;
         let result = file.read_at(pos, len).await;
         let _ = file.close().await;
@@ -80,6 +80,6 @@ impl LocalObjectStore {
                 format!("object {key}: wanted {len} bytes at {pos}, got {}", buf.len()),
             ));
         }
-        Ok(Bytes::copy_from_slice(&buf))
+        Ok(BytesMut::from(&buf[..]))
     }
 }

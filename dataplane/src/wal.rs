@@ -316,7 +316,7 @@ pub async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
             offset = last + 1;
             continue;
         }
-        let loaded = match load(shard, req.stream, offset).await {
+        let loaded = match load(shard, req.stream, offset, req.max_bytes.saturating_sub(bytes)).await {
             Ok(l) => l,
             Err(e) => {
                 if out.batches.is_empty() {
@@ -347,7 +347,7 @@ pub async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
 
 /// Loads the index entries from `offset` on from their objects (into the cache too) and returns
 /// their batches: base offset, last offset, bytes. Empty when the index has nothing there.
-async fn load(shard: &Rc<Shard>, stream: u64, offset: i64) -> Result<Vec<(i64, i64, Bytes)>, i16> {
+async fn load(shard: &Rc<Shard>, stream: u64, offset: i64, want_bytes: usize) -> Result<Vec<(i64, i64, Bytes)>, i16> {
     let reply = shard.rpc.call(Body::Lookup(Lookup { stream_id: stream, offset, max_entries: 8 }), RPC_TIMEOUT).await;
     let entries = match reply {
         Ok(Body::LookupReply(r)) if r.error == 0 => r.entries,
@@ -355,7 +355,14 @@ async fn load(shard: &Rc<Shard>, stream: u64, offset: i64) -> Result<Vec<(i64, i
         _ => return Err(code::REQUEST_TIMED_OUT),
     };
     let mut out = Vec::new();
+    // Read only the chunks this fetch needs (the first always): with a cache too small to keep
+    // read-ahead, anything more would be read for nothing.
+    let mut read = 0usize;
     for e in entries {
+        if read > 0 && read >= want_bytes {
+            break;
+        }
+        read += e.length as usize;
         out.extend(load_entry(shard, stream, &e).await?);
     }
     Ok(out)
@@ -374,7 +381,7 @@ async fn load_entry(shard: &Shard, stream: u64, e: &IndexEntry) -> Result<Vec<(i
         return Err(code::KAFKA_STORAGE_ERROR);
     }
     let batches = wal_format::batch::split(&data).map_err(|_| code::KAFKA_STORAGE_ERROR)?;
-    let mut buf = bytes::BytesMut::from(&data[..]);
+    let mut buf = data;
     let mut offset = e.base_offset;
     let mut spans = Vec::with_capacity(batches.len());
     for (pos, h) in &batches {
