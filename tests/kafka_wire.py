@@ -180,10 +180,11 @@ def encode_record(offset_delta, timestamp_delta, key, value, headers=()):
     return varint(len(body)) + body
 
 
-def record_batch(records, base_offset=0):
+def record_batch(records, base_offset=0, producer=(-1, -1, -1)):
     """Build an uncompressed magic-2 RecordBatch.
 
     records: iterable of (key, value, headers, timestamp_ms) tuples.
+    producer: (producer id, epoch, base sequence) of an idempotent producer, or -1s.
     """
     records = list(records)
     assert records, "a record batch needs at least one record"
@@ -193,7 +194,7 @@ def record_batch(records, base_offset=0):
     after_crc = (i16(0)                    # attributes: no compression, CreateTime
                  + i32(len(records) - 1)   # lastOffsetDelta
                  + i64(base_ts) + i64(max_ts)
-                 + i64(-1) + i16(-1) + i32(-1)  # producerId, producerEpoch, baseSequence
+                 + i64(producer[0]) + i16(producer[1]) + i32(producer[2])  # producerId, epoch, baseSequence
                  + i32(len(records)) + body)
     after_length = i32(0) + i8(2) + u32(crc32c(after_crc)) + after_crc  # leaderEpoch, magic, crc
     return i64(base_offset) + i32(len(after_length)) + after_length
@@ -336,12 +337,21 @@ def pick_produce_version(conn):
     raise AssertionError(f"broker Produce versions {lo}..{hi} include no non-flexible v3..v8")
 
 
+def produce_body(topic, partition, batch, acks=-1, timeout_ms=15000):
+    """The body of a non-flexible Produce request (v3..v8) with one batch for one partition."""
+    return (string(None) + i16(acks) + i32(timeout_ms)
+            + array([string(topic) + array([i32(partition) + nbytes(batch)])]))
+
+
 def produce(conn, version, topic, partition, batch, acks=-1, timeout_ms=15000):
     """Produce one batch to one partition; returns the partition response dict."""
     assert 3 <= version <= 8
-    body = (string(None) + i16(acks) + i32(timeout_ms)
-            + array([string(topic) + array([i32(partition) + nbytes(batch)])]))
-    r = conn.request(PRODUCE, version, body)
+    r = conn.request(PRODUCE, version, produce_body(topic, partition, batch, acks, timeout_ms))
+    return parse_produce_response(r, version, topic, partition)
+
+
+def parse_produce_response(r, version, topic, partition):
+    """Reads a Produce response (positioned after the correlation id) for one partition."""
 
     def part(rr):
         p = {"partition": rr.i32(), "error_code": rr.i16(), "base_offset": rr.i64(),

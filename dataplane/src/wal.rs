@@ -43,6 +43,10 @@ pub struct Wal {
     /// is not stored twice. Kept in memory: a retry that spans a data plane restart is stored
     /// again.
     recent: RefCell<std::collections::HashMap<(u64, i64), std::collections::VecDeque<(i16, i32, i64)>>>,
+    /// Idempotent batches appended and not yet answered, by (stream, producer, epoch, first
+    /// sequence): a retry arriving meanwhile waits for the original's answer instead of being
+    /// stored a second time.
+    pending_seqs: RefCell<std::collections::HashMap<(u64, i64, i16, i32), Vec<oneshot::Sender<AppendResult>>>>,
     open: RefCell<Vec<Pending>>,
     open_bytes: Cell<usize>,
     generation: Cell<u64>,
@@ -58,6 +62,7 @@ impl Wal {
     pub fn new(cfg: &crate::config::Config) -> Self {
         Wal {
             recent: RefCell::default(),
+            pending_seqs: RefCell::default(),
             open: RefCell::default(),
             open_bytes: Cell::new(0),
             generation: Cell::new(0),
@@ -72,13 +77,32 @@ impl Wal {
 /// Appends validated batches of a stream this shard owns; answers after commit.
 pub async fn append(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
     let wal = &shard.wal;
-    if let Some((pid, epoch, seq)) = req.producer {
-        let known = wal.recent.borrow().get(&(req.stream, pid)).and_then(|d| d.iter().find(|(e, s, _)| *e == epoch && *s == seq).map(|r| r.2));
-        if let Some(offset) = known {
-            let log_start = shard.marks(req.stream).map(|m| m.log_start).unwrap_or(0);
-            return Ok((offset, log_start));
-        }
+    let Some((pid, epoch, seq)) = req.producer else { return append_new(shard, req).await };
+    let known = wal.recent.borrow().get(&(req.stream, pid)).and_then(|d| d.iter().find(|(e, s, _)| *e == epoch && *s == seq).map(|r| r.2));
+    if let Some(offset) = known {
+        let log_start = shard.marks(req.stream).map(|m| m.log_start).unwrap_or(0);
+        return Ok((offset, log_start));
     }
+    let key = (req.stream, pid, epoch, seq);
+    let waiting = wal.pending_seqs.borrow_mut().get_mut(&key).map(|waiters| {
+        let (tx, rx) = oneshot::channel();
+        waiters.push(tx);
+        rx
+    });
+    if let Some(rx) = waiting {
+        return rx.await.unwrap_or(Err(code::UNKNOWN_SERVER_ERROR));
+    }
+    wal.pending_seqs.borrow_mut().insert(key, Vec::new());
+    let result = append_new(shard, req).await;
+    for w in wal.pending_seqs.borrow_mut().remove(&key).unwrap_or_default() {
+        let _ = w.send(result);
+    }
+    result
+}
+
+/// Appends a batch not seen before.
+async fn append_new(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
+    let wal = &shard.wal;
     let size = req.data.len() as u64;
     shard.metrics.add(M::ProduceBytes, size);
     shard.metrics.add(M::ProduceRecords, req.offset_count as u64);
