@@ -320,7 +320,7 @@ fn produce(w: &Workload, counters: &Arc<Counters>, window: Window, t0: u64, limi
                 }
                 counters.sent.fetch_add(1, Relaxed);
                 seq += 1;
-                if seq % 256 == 0 {
+                if seq.is_multiple_of(256) {
                     producer.poll(Duration::ZERO);
                 }
             }

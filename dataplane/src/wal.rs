@@ -36,17 +36,22 @@ const PRODUCER_WINDOW: usize = 5;
 /// Most (stream, producer) windows a shard keeps.
 const RECENT_LIMIT: usize = 100_000;
 
+/// (stream, producer id): the recent committed batches' (epoch, first sequence, base offset).
+type RecentBatches = std::collections::HashMap<(u64, i64), std::collections::VecDeque<(i16, i32, i64)>>;
+/// (stream, producer id, epoch, first sequence): who waits for that batch's answer.
+type PendingBatches = std::collections::HashMap<(u64, i64, i16, i32), Vec<oneshot::Sender<AppendResult>>>;
+
 /// A shard's WAL buffer and flush pipeline.
 pub struct Wal {
     /// Per (stream, producer id): the last committed batches' epoch, first sequence and base
     /// offset. A retried batch (same producer, epoch and sequence) gets its original offset and
     /// is not stored twice. Kept in memory: a retry that spans a data plane restart is stored
     /// again.
-    recent: RefCell<std::collections::HashMap<(u64, i64), std::collections::VecDeque<(i16, i32, i64)>>>,
+    recent: RefCell<RecentBatches>,
     /// Idempotent batches appended and not yet answered, by (stream, producer, epoch, first
     /// sequence): a retry arriving meanwhile waits for the original's answer instead of being
     /// stored a second time.
-    pending_seqs: RefCell<std::collections::HashMap<(u64, i64, i16, i32), Vec<oneshot::Sender<AppendResult>>>>,
+    pending_seqs: RefCell<PendingBatches>,
     open: RefCell<Vec<Pending>>,
     open_bytes: Cell<usize>,
     generation: Cell<u64>,
