@@ -141,10 +141,20 @@ impl<M: MetaStore + Clone> Controller<M> {
     }
 
     /// Commits a durable WAL object: assigns offsets to every chunk.
+    #[cfg(test)]
     pub async fn commit(&self, req: CommitWal) -> Result<CommitWalReply, MetaError> {
+        self.enqueue_commit(req).await.await.map_err(|_| stopped())?
+    }
+
+    /// Queues a commit and returns where its answer will come. Commits queued one after another
+    /// are applied in that order, so a connection that queues them in the order it reads them
+    /// keeps its data plane's cut order.
+    pub async fn enqueue_commit(&self, req: CommitWal) -> oneshot::Receiver<Result<CommitWalReply, MetaError>> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Commit(req, tx)).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        if let Err(mpsc::error::SendError(Command::Commit(_, tx))) = self.tx.send(Command::Commit(req, tx)).await {
+            let _ = tx.send(Err(stopped()));
+        }
+        rx
     }
 
     /// Creates topics.
@@ -261,17 +271,35 @@ fn epoch_cond<M>(shared: &Shared<M>) -> Cond {
 
 async fn commit_group<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>) {
     // A commit retried by a data plane (its first reply was lost) gets the offsets it was given.
-    let mut fresh = Vec::with_capacity(group.len());
+    // A commit whose predecessor (`after`) is neither committed nor earlier in this group is
+    // refused: its data plane retries it once the predecessor is through.
+    let mut fresh: Vec<Pending> = Vec::with_capacity(group.len());
     for (req, reply) in group {
         match shared.store.get(&keys::wal_object(&req.object_key)).await {
             Ok(Some(v)) => {
                 let _ = reply.send(CommitWalReply::decode(v.value).map_err(|e| MetaError::Backend(e.to_string())));
+                continue;
             }
-            Ok(None) => fresh.push((req, reply)),
+            Ok(None) => {}
             Err(e) => {
                 let _ = reply.send(Err(e));
+                continue;
             }
         }
+        if !req.after.is_empty() && !fresh.iter().any(|(f, _)| f.object_key == req.after) {
+            match shared.store.get(&keys::wal_object(&req.after)).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let _ = reply.send(Err(MetaError::Backend(format!("{} must be committed after {}", req.object_key, req.after))));
+                    continue;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            }
+        }
+        fresh.push((req, reply));
     }
     if fresh.is_empty() {
         return;

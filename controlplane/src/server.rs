@@ -70,6 +70,20 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>) -
                 let reply = register(&ctl, r, &mut session).await;
                 send(&out_tx, id, reply).await;
             }
+            Some(Body::CommitWal(c)) => {
+                // Queued here, in the order read, not from a spawned task: commits of one shard
+                // may be pipelined and must be applied in the order it sent them.
+                let answer = ctl.enqueue_commit(c).await;
+                let out_tx = out_tx.clone();
+                tokio::spawn(async move {
+                    let reply = match answer.await {
+                        Ok(Ok(r)) => Body::CommitWalReply(r),
+                        Ok(Err(e)) => failed(code::KAFKA_STORAGE_ERROR, e),
+                        Err(_) => failed(code::KAFKA_STORAGE_ERROR, "control plane stopping"),
+                    };
+                    send(&out_tx, id, reply).await;
+                });
+            }
             Some(body) => {
                 let (ctl, out_tx) = (ctl.clone(), out_tx.clone());
                 tokio::spawn(async move {
@@ -131,10 +145,6 @@ async fn register<M: MetaStore + Clone>(ctl: &Controller<M>, r: Register, sessio
 async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, body: Body) -> Body {
     match body {
         Body::Ping(_) => Body::Pong(Ping {}),
-        Body::CommitWal(c) => match ctl.commit(c).await {
-            Ok(r) => Body::CommitWalReply(r),
-            Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
-        },
         Body::Lookup(l) => {
             let Some(w) = ctl.watermark(l.stream_id) else {
                 return Body::LookupReply(LookupReply { error: code::UNKNOWN_TOPIC_OR_PARTITION, ..Default::default() });

@@ -37,6 +37,9 @@ pub struct RpcClient {
     out: RefCell<Option<Rc<LocalSender<Vec<u8>>>>>,
     ready: Cell<bool>,
     ready_changed: Notify,
+    /// Counts registrations: requests sent under one generation travel, in order, on one
+    /// connection.
+    generation: Cell<u64>,
 }
 
 impl RpcClient {
@@ -49,6 +52,7 @@ impl RpcClient {
             out: RefCell::default(),
             ready: Cell::new(false),
             ready_changed: Notify::default(),
+            generation: Cell::new(0),
         })
     }
 
@@ -66,6 +70,40 @@ impl RpcClient {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         self.send(body, left).await
+    }
+
+    /// The current connection's generation, if connected.
+    pub fn generation(&self) -> Option<u64> {
+        self.ready.get().then(|| self.generation.get())
+    }
+
+    /// Sends a request at once, without waiting, if still connected under `generation` (so it
+    /// follows, on the same connection, everything sent before under it). Wait for the answer
+    /// with [`RpcClient::finish`].
+    pub fn start_on(&self, body: Body, generation: u64) -> Option<(u64, oneshot::Receiver<Body>)> {
+        if !self.ready.get() || self.generation.get() != generation {
+            return None;
+        }
+        let out = self.out.borrow().clone()?;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        if out.try_send(encode_frame(&Envelope { request_id: id, body: Some(body) })).is_err() {
+            self.pending.borrow_mut().remove(&id);
+            return None;
+        }
+        Some((id, rx))
+    }
+
+    /// Waits for the answer to a request sent with [`RpcClient::start_on`].
+    pub async fn finish(&self, id: u64, rx: oneshot::Receiver<Body>, timeout: Duration) -> Result<Body, RpcError> {
+        let r = glommio::timer::timeout(timeout, async { Ok(rx.await) }).await;
+        self.pending.borrow_mut().remove(&id);
+        match r {
+            Ok(Ok(body)) => Ok(body),
+            _ => Err(RpcError::Unavailable),
+        }
     }
 
     async fn send(&self, body: Body, timeout: Duration) -> Result<Body, RpcError> {
@@ -143,6 +181,7 @@ impl RpcClient {
             match self.send(Body::Register(register.clone()), Duration::from_secs(10)).await {
                 Ok(Body::Registered(r)) => {
                     let _ = events.send(Event::Registered(r)).await;
+                    self.generation.set(self.generation.get() + 1);
                     self.ready.set(true);
                     self.ready_changed.notify_all();
                     if register.shard == 0 {

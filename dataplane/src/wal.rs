@@ -8,11 +8,13 @@
 //! 2. The buffer is cut when it holds `wal.flush.bytes` or its oldest batch is
 //!    `wal.flush.interval` old. Each cut becomes one WAL object, written durably to the object
 //!    store; several may be in flight.
-//! 3. Objects are committed to the control plane in the order they were cut (each commit waits
-//!    for the previous one), which assigns offsets. Only then are the appends answered, their
+//! 3. Objects are committed to the control plane in the order they were cut, which assigns
+//!    offsets: a commit is sent as soon as the previous one is on the wire, naming it as the
+//!    one it must follow (see [`Ticket`]). Only then are the appends answered, their
 //!    batches patched with real base offsets and put in the cache.
 
 use crate::metrics::M;
+use crate::notify::Notify;
 use crate::shard::{code, AppendReq, AppendResult, Marks, ReadReq, ReadResult, Shard, RPC_TIMEOUT};
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -29,6 +31,41 @@ const COMMIT_DEADLINE: Duration = Duration::from_secs(60);
 struct Pending {
     req: AppendReq,
     reply: oneshot::Sender<AppendResult>,
+}
+
+/// Where an object's commit stands, for the commit of the object cut after it.
+///
+/// Commits must apply in cut order. The next object's commit may be sent as soon as this one's
+/// has been sent (`sent`: on which connection generation), on the same connection, naming this
+/// object as the one it must follow (`CommitWal::after`), which the control plane checks; if
+/// anything goes wrong it falls back to waiting until this one is `done`.
+struct Ticket {
+    key: String,
+    sent: Cell<Option<u64>>,
+    /// `Some(true)` committed, `Some(false)` given up (its produces got errors).
+    done: Cell<Option<bool>>,
+    changed: Notify,
+}
+
+impl Ticket {
+    fn new(key: String) -> Rc<Self> {
+        Rc::new(Ticket { key, sent: Cell::new(None), done: Cell::new(None), changed: Notify::default() })
+    }
+
+    async fn wait(&self, ready: impl Fn(&Self) -> bool) {
+        while !ready(self) {
+            let changed = self.changed.notified();
+            if ready(self) {
+                break;
+            }
+            let _ = changed.await;
+        }
+    }
+
+    fn finish(&self, ok: bool) {
+        self.done.set(Some(ok));
+        self.changed.notify_all();
+    }
 }
 
 /// Committed batches remembered per producer and stream, as Kafka does, to recognise retries.
@@ -56,8 +93,8 @@ pub struct Wal {
     open_bytes: Cell<usize>,
     generation: Cell<u64>,
     inflight: Rc<Semaphore>,
-    /// Completion of the most recently cut object's commit; the next cut waits on it.
-    last_commit: RefCell<Option<oneshot::Receiver<()>>>,
+    /// The most recently cut object's commit; the next cut's commit follows it.
+    last_commit: RefCell<Option<Rc<Ticket>>>,
     flush_bytes: usize,
     flush_interval: Duration,
 }
@@ -147,20 +184,20 @@ fn cut(shard: &Rc<Shard>) {
     }
     wal.generation.set(wal.generation.get() + 1);
     let bytes = wal.open_bytes.replace(0);
-    let (done_tx, done_rx) = oneshot::channel();
-    let previous = wal.last_commit.replace(Some(done_rx));
-    glommio::spawn_local(flush(shard.clone(), batch, bytes, previous, done_tx)).detach();
+    let object_id = uuid::Uuid::new_v4().as_u128();
+    let me = Ticket::new(format!("{object_id:032x}.wal"));
+    let previous = wal.last_commit.replace(Some(me.clone()));
+    glommio::spawn_local(flush(shard.clone(), batch, bytes, object_id, previous, me)).detach();
 }
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, previous: Option<oneshot::Receiver<()>>, done: oneshot::Sender<()>) {
+async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, object_id: u128, previous: Option<Rc<Ticket>>, me: Rc<Ticket>) {
     // Chunks are in stream order; within a stream, appends keep their arrival order.
     batch.sort_by_key(|p| p.req.stream);
-    let object_id = uuid::Uuid::new_v4().as_u128();
-    let key = format!("{object_id:032x}.wal");
+    let key = me.key.clone();
     let mut builder = ObjectBuilder::new(object_id, now_ms(), bytes);
     let mut chunks: Vec<CommitChunk> = Vec::new();
     // Position of each append's first byte in the object.
@@ -201,21 +238,21 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, previous
         shard.metrics.add(M::WalObjects, 1);
         shard.metrics.add(M::WalObjectBytes, object.len() as u64);
     }
-    // Commits go in cut order, even when a later object was written first.
-    if let Some(prev) = previous {
-        let _ = prev.await;
-    }
     if let Err(e) = written {
         tracing::error!(object = %key, error = %e, "WAL object write failed");
-        let _ = done.send(());
+        // Stand in line anyway: the object after this one must still follow the one before.
+        if let Some(p) = &previous {
+            p.wait(|t| t.done.get().is_some()).await;
+        }
+        me.finish(false);
         for p in batch {
             let _ = p.reply.send(Err(code::KAFKA_STORAGE_ERROR));
         }
         return;
     }
-    let commit = CommitWal { object_key: key.clone(), object_size: object.len() as u64, chunks };
-    let reply = commit_with_retry(&shard, commit).await;
-    let _ = done.send(());
+    let commit = CommitWal { object_key: key.clone(), object_size: object.len() as u64, chunks, after: String::new() };
+    let reply = commit_in_order(&shard, commit, previous.as_deref(), &me).await;
+    me.finish(reply.is_ok());
     let results = match reply {
         Ok(r) => r,
         Err(e) => {
@@ -291,6 +328,37 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, previous
     for (p, a) in batch.into_iter().zip(answers) {
         let _ = p.reply.send(a);
     }
+}
+
+/// Commits an object after its predecessor: pipelined behind it when that one's commit is on
+/// the wire of the current connection, otherwise once it is done.
+async fn commit_in_order(shard: &Shard, mut commit: CommitWal, prev: Option<&Ticket>, me: &Ticket) -> Result<sluice_rpc::CommitWalReply, i16> {
+    if let Some(p) = prev {
+        p.wait(|t| t.sent.get().is_some() || t.done.get().is_some()).await;
+    }
+    let generation = match prev {
+        Some(p) if p.done.get().is_none() => {
+            commit.after = p.key.clone();
+            p.sent.get()
+        }
+        _ => shard.rpc.generation(),
+    };
+    if let Some((id, rx)) = generation.and_then(|g| shard.rpc.start_on(Body::CommitWal(commit.clone()), g).map(|s| (g, s))).map(|(g, s)| {
+        me.sent.set(Some(g));
+        me.changed.notify_all();
+        s
+    }) {
+        match shard.rpc.finish(id, rx, RPC_TIMEOUT).await {
+            Ok(Body::CommitWalReply(r)) if r.chunks.len() == commit.chunks.len() => return Ok(r),
+            other => tracing::debug!(object = %commit.object_key, reply = ?other, "pipelined commit not applied; retrying in order"),
+        }
+    }
+    // In order the slow way: once the predecessor is through, nothing else to follow.
+    if let Some(p) = prev {
+        p.wait(|t| t.done.get().is_some()).await;
+    }
+    commit.after.clear();
+    commit_with_retry(shard, commit).await
 }
 
 /// Commits an object, retrying through control plane restarts. The control plane answers a

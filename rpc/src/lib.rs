@@ -266,6 +266,11 @@ pub struct CommitWal {
     /// Chunks in stream order.
     #[prost(message, repeated, tag = "3")]
     pub chunks: Vec<CommitChunk>,
+    /// The object the same shard cut just before this one, when its commit may still be in
+    /// flight: this commit is refused unless that one is committed first (so pipelined commits
+    /// can never be applied out of cut order). Empty: no constraint.
+    #[prost(string, tag = "4")]
+    pub after: String,
 }
 
 /// Answer to [`CommitWal`]: per chunk, in the same order, the base offset or an error.

@@ -11,7 +11,7 @@ fn chunk(stream: u64, count: u64) -> CommitChunk {
 }
 
 fn commit(key: &str, chunks: Vec<CommitChunk>) -> CommitWal {
-    CommitWal { object_key: key.to_string(), object_size: 100, chunks }
+    CommitWal { object_key: key.to_string(), object_size: 100, chunks, after: String::new() }
 }
 
 async fn topic(ctl: &Controller<RedbMetaStore>, name: &str, partitions: i32) -> Topic {
@@ -150,4 +150,29 @@ async fn admin_errors_use_kafka_codes() {
     let r = ctl.commit(commit("late", vec![chunk(s, 1)])).await.unwrap();
     assert_eq!(r.chunks[0].error, code::UNKNOWN_TOPIC_OR_PARTITION);
     assert_eq!(ctl.delete_topics(vec!["t".into()]).await.results[0].error, code::UNKNOWN_TOPIC_OR_PARTITION);
+}
+
+#[tokio::test]
+async fn pipelined_commits_apply_in_cut_order_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap()).await.unwrap();
+    let s = topic(&ctl, "t", 1).await.streams[0];
+    let after = |key: &str, prev: &str, n: u64| CommitWal { after: prev.into(), ..commit(key, vec![chunk(s, n)]) };
+
+    // Queued back to back (as one connection reads them): applied in that order.
+    let a = ctl.enqueue_commit(after("a", "", 2)).await;
+    let b = ctl.enqueue_commit(after("b", "a", 3)).await;
+    let c = ctl.enqueue_commit(after("c", "b", 1)).await;
+    let mut offsets = Vec::new();
+    for rx in [a, b, c] {
+        offsets.push(rx.await.unwrap().unwrap().chunks[0].base_offset);
+    }
+    assert_eq!(offsets, [0, 2, 5]);
+
+    // A commit whose predecessor never committed is refused and takes no offsets...
+    assert!(ctl.commit(after("x", "lost", 5)).await.is_err());
+    assert_eq!(ctl.watermark(s).unwrap().hwm, 6);
+    // ...and is accepted once it names a committed predecessor.
+    let x = ctl.commit(after("x", "c", 5)).await.unwrap();
+    assert_eq!(x.chunks[0].base_offset, 6);
 }
