@@ -169,24 +169,17 @@ class Sluice:
         self._wait_ready(ready, "data plane to answer Metadata", self.dp_log)
 
     def _wait_ready(self, ready, what, log_path):
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                if ready():
-                    return
-            except ProcessDied:
-                # Reported here; don't report the same exit again at teardown.
-                if self.cp is not None and self.cp.poll() is not None:
-                    self.cp = None
-                if self.dp is not None and self.dp.poll() is not None:
-                    self.dp = None
-                raise
-            except Exception as e:  # noqa: BLE001 - not ready yet
-                last = e
-            time.sleep(0.05)
-        raise TimeoutError(f"timed out after {STARTUP_TIMEOUT}s waiting for {what} "
-                           f"(last error: {last!r}); log tail:\n{tail(log_path)}")
+        try:
+            wait_until(ready, STARTUP_TIMEOUT, what=what)
+        except ProcessDied:
+            # Reported here; don't report the same exit again at teardown.
+            if self.cp is not None and self.cp.poll() is not None:
+                self.cp = None
+            if self.dp is not None and self.dp.poll() is not None:
+                self.dp = None
+            raise
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; log tail:\n{tail(log_path)}") from None
 
     def start(self):
         self.start_controlplane()

@@ -72,6 +72,8 @@ enum Command {
 pub struct Controller<M> {
     pub shared: Arc<Shared<M>>,
     tx: mpsc::Sender<Command>,
+    /// Closed when the actor has stopped (and let go of the store).
+    stopped: tokio::sync::watch::Receiver<()>,
 }
 
 impl<M: MetaStore + Clone> Controller<M> {
@@ -136,8 +138,22 @@ impl<M: MetaStore + Clone> Controller<M> {
             commit_groups: Default::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(run(shared.clone(), rx));
-        Ok(Self { shared, tx })
+        let (stopped_tx, stopped) = tokio::sync::watch::channel(());
+        let actor = shared.clone();
+        tokio::spawn(async move {
+            run(actor, rx).await;
+            drop(stopped_tx);
+        });
+        Ok(Self { shared, tx, stopped })
+    }
+
+    /// Drops this handle and waits until the actor has stopped, once every other handle is
+    /// dropped too.
+    #[cfg(test)]
+    pub async fn stop(self) {
+        let mut stopped = self.stopped.clone();
+        drop(self);
+        let _ = stopped.changed().await;
     }
 
     /// Commits a durable WAL object: assigns offsets to every chunk.
