@@ -72,7 +72,9 @@ enum Command {
 pub struct Controller<M> {
     pub shared: Arc<Shared<M>>,
     tx: mpsc::Sender<Command>,
-    /// Closed when the actor has stopped (and let go of the store).
+    /// Closed when the actor has stopped (and let go of the store). Only tests wait on it: the
+    /// process exits without draining, which loses nothing acknowledged.
+    #[cfg_attr(not(test), allow(dead_code))]
     stopped: tokio::sync::watch::Receiver<()>,
 }
 

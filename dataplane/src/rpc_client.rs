@@ -85,11 +85,8 @@ impl RpcClient {
             return None;
         }
         let out = self.out.borrow().clone()?;
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        let (tx, rx) = oneshot::channel();
-        self.pending.borrow_mut().insert(id, tx);
-        if out.try_send(encode_frame(&Envelope { request_id: id, body: Some(body) })).is_err() {
+        let (id, rx, frame) = self.prepare(body);
+        if out.try_send(frame).is_err() {
             self.pending.borrow_mut().remove(&id);
             return None;
         }
@@ -106,23 +103,23 @@ impl RpcClient {
         }
     }
 
-    async fn send(&self, body: Body, timeout: Duration) -> Result<Body, RpcError> {
-        let out = self.out.borrow().clone().ok_or(RpcError::Unavailable)?;
+    /// Gives a request its id, registers where its answer goes, and encodes its frame.
+    fn prepare(&self, body: Body) -> (u64, oneshot::Receiver<Body>, Vec<u8>) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
-        let frame = encode_frame(&Envelope { request_id: id, body: Some(body) });
+        (id, rx, encode_frame(&Envelope { request_id: id, body: Some(body) }))
+    }
+
+    async fn send(&self, body: Body, timeout: Duration) -> Result<Body, RpcError> {
+        let out = self.out.borrow().clone().ok_or(RpcError::Unavailable)?;
+        let (id, rx, frame) = self.prepare(body);
         if out.send(frame).await.is_err() {
             self.pending.borrow_mut().remove(&id);
             return Err(RpcError::Unavailable);
         }
-        let r = glommio::timer::timeout(timeout, async { Ok(rx.await) }).await;
-        self.pending.borrow_mut().remove(&id);
-        match r {
-            Ok(Ok(body)) => Ok(body),
-            _ => Err(RpcError::Unavailable),
-        }
+        self.finish(id, rx, timeout).await
     }
 
     /// Connects, registers, dispatches replies and notifications, and reconnects forever.

@@ -149,7 +149,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest, version:
     DeleteTopicsResponse::default().with_responses(results)
 }
 
-pub async fn create_partitions(shard: &Rc<Shard>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub async fn create_partitions(shard: &Rc<Shard>, req: CreatePartitionsRequest, _version: i16) -> CreatePartitionsResponse {
     let incs: Vec<PartitionIncrease> = req.topics.iter().map(|t| PartitionIncrease { name: t.name.0.to_string(), count: t.count }).collect();
     let n = incs.len();
     let replies = if n == 0 { Vec::new() } else { admin(shard, Body::CreatePartitions(sluice_rpc::CreatePartitions { topics: incs, validate_only: req.validate_only }), n).await };

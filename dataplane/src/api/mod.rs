@@ -128,9 +128,9 @@ fn decode<T: Decodable>(req: &mut Request) -> Option<T> {
 pub async fn handle(shard: Rc<Shard>, mut req: Request) -> Reply {
     let v = req.version;
     macro_rules! run {
-        ($module:ident) => {{
+        ($handler:path) => {{
             let Some(body) = decode(&mut req) else { return Reply::Close };
-            let resp = $module::handle(&shard, body, v).await;
+            let resp = $handler(&shard, body, v).await;
             encode(&req, v, &resp)
         }};
     }
@@ -146,25 +146,16 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request) -> Reply {
         }
         ApiKey::Fetch => {
             shard.metrics.add(crate::metrics::M::FetchRequests, 1);
-            run!(fetch)
+            run!(fetch::handle)
         }
-        ApiKey::ListOffsets => run!(list_offsets),
-        ApiKey::Metadata => run!(metadata),
-        ApiKey::CreateTopics => {
-            let Some(body) = decode(&mut req) else { return Reply::Close };
-            encode(&req, v, &admin::create_topics(&shard, body, v).await)
-        }
-        ApiKey::DeleteTopics => {
-            let Some(body) = decode(&mut req) else { return Reply::Close };
-            encode(&req, v, &admin::delete_topics(&shard, body, v).await)
-        }
-        ApiKey::CreatePartitions => {
-            let Some(body) = decode(&mut req) else { return Reply::Close };
-            encode(&req, v, &admin::create_partitions(&shard, body).await)
-        }
-        ApiKey::DescribeConfigs => run!(describe_configs),
-        ApiKey::DescribeCluster => run!(describe_cluster),
-        ApiKey::InitProducerId => run!(init_producer_id),
+        ApiKey::ListOffsets => run!(list_offsets::handle),
+        ApiKey::Metadata => run!(metadata::handle),
+        ApiKey::CreateTopics => run!(admin::create_topics),
+        ApiKey::DeleteTopics => run!(admin::delete_topics),
+        ApiKey::CreatePartitions => run!(admin::create_partitions),
+        ApiKey::DescribeConfigs => run!(describe_configs::handle),
+        ApiKey::DescribeCluster => run!(describe_cluster::handle),
+        ApiKey::InitProducerId => run!(init_producer_id::handle),
         other => {
             tracing::warn!(api = ?other, "unsupported API; closing connection");
             Reply::Close
