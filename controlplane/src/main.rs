@@ -8,12 +8,14 @@
 //! ```
 
 mod controller;
+mod groups;
 mod meta;
 mod metrics;
 mod server;
 
 use clap::Parser;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Sluice control plane.
 #[derive(Parser, Debug)]
@@ -28,6 +30,19 @@ struct Args {
     /// Address of the Prometheus `/metrics` endpoint (off when not given).
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Smallest session timeout a classic group member may ask for (`group.min.session.timeout.ms`).
+    #[arg(long, env = "SLUICE_GROUP_MIN_SESSION_TIMEOUT_MS", default_value_t = 6000)]
+    group_min_session_timeout_ms: u64,
+    /// How long an empty classic group waits for more members before its first rebalance
+    /// completes (`group.initial.rebalance.delay.ms`).
+    #[arg(long, env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS", default_value_t = 3000)]
+    group_initial_rebalance_delay_ms: u64,
+    /// Session timeout of KIP-848 consumer group members (`group.consumer.session.timeout.ms`).
+    #[arg(long, env = "SLUICE_GROUP_CONSUMER_SESSION_TIMEOUT_MS", default_value_t = 45000)]
+    group_consumer_session_timeout_ms: u64,
+    /// Heartbeat interval of KIP-848 consumer group members (`group.consumer.heartbeat.interval.ms`).
+    #[arg(long, env = "SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
+    group_consumer_heartbeat_interval_ms: u64,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
@@ -74,12 +89,20 @@ async fn run(args: Args) -> Result<(), String> {
     let path = args.data_dir.join("meta.redb");
     let store = meta::RedbMetaStore::open(&path).map_err(|e| format!("cannot open metadata store: {e}"))?;
     let ctl = controller::Controller::start(store).await.map_err(|e| format!("cannot start controller: {e}"))?;
+    let group_cfg = groups::GroupConfig {
+        min_session_timeout: Duration::from_millis(args.group_min_session_timeout_ms),
+        initial_rebalance_delay: Duration::from_millis(args.group_initial_rebalance_delay_ms),
+        consumer_session_timeout: Duration::from_millis(args.group_consumer_session_timeout_ms),
+        consumer_heartbeat_interval: Duration::from_millis(args.group_consumer_heartbeat_interval_ms),
+        ..Default::default()
+    };
+    let coordinator = groups::Coordinator::start(ctl.shared.clone(), group_cfg).await.map_err(|e| format!("cannot load groups: {e}"))?;
     let listener = tokio::net::TcpListener::bind(&args.rpc_listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.rpc_listen))?;
     if let Some(addr) = &args.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        tokio::spawn(metrics::serve(l, ctl.clone()));
+        tokio::spawn(metrics::serve(l, ctl.clone(), coordinator.clone()));
     }
     tracing::info!(
         rpc = %args.rpc_listen,
@@ -89,7 +112,7 @@ async fn run(args: Args) -> Result<(), String> {
         "control plane ready"
     );
     tokio::select! {
-        r = server::serve(listener, ctl) => r.map_err(|e| format!("listener failed: {e}")),
+        r = server::serve(listener, ctl, coordinator) => r.map_err(|e| format!("listener failed: {e}")),
         _ = shutdown() => {
             tracing::info!("control plane stopping");
             Ok(())

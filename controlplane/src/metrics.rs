@@ -2,13 +2,15 @@
 //! then close), which is all a scraper needs.
 
 use crate::controller::Controller;
+use crate::groups::Coordinator;
+use std::sync::Arc;
 use crate::meta::MetaStore;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn render<M: MetaStore>(ctl: &Controller<M>) -> String {
+async fn render<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<M>) -> String {
     let s = &ctl.shared;
     let metrics: [(&str, &str, &str, u64); 5] = [
         ("sluice_metadata_transactions_total", "counter", "Metadata store write transactions committed.", s.store.transactions()),
@@ -21,13 +23,27 @@ fn render<M: MetaStore>(ctl: &Controller<M>) -> String {
     for (name, kind, help, value) in metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
+    let lag = groups.lag().await;
+    let _ = writeln!(out, "# HELP sluice_group_committed_offset Committed offset of a consumer group on a partition.\n# TYPE sluice_group_committed_offset gauge");
+    for (g, t, p, committed, _) in &lag {
+        let _ = writeln!(out, "sluice_group_committed_offset{{group=\"{}\",topic=\"{t}\",partition=\"{p}\"}} {committed}", escape(g));
+    }
+    let _ = writeln!(out, "# HELP sluice_group_lag High watermark minus committed offset of a consumer group on a partition.\n# TYPE sluice_group_lag gauge");
+    for (g, t, p, committed, hwm) in &lag {
+        let _ = writeln!(out, "sluice_group_lag{{group=\"{}\",topic=\"{t}\",partition=\"{p}\"}} {}", escape(g), (hwm - committed).max(0));
+    }
     out
 }
 
+/// Escapes a Prometheus label value.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 /// Serves `GET /metrics` until the listener fails.
-pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<M>) {
+pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<M>, groups: Arc<Coordinator<M>>) {
     while let Ok((mut sock, _)) = listener.accept().await {
-        let ctl = ctl.clone();
+        let (ctl, groups) = (ctl.clone(), groups.clone());
         tokio::spawn(async move {
             let mut req = Vec::new();
             let mut buf = [0u8; 1024];
@@ -38,7 +54,7 @@ pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<
                 }
             }
             let (status, body) = if req.starts_with(b"GET /metrics ") || req.starts_with(b"GET / ") {
-                ("200 OK", render(&ctl))
+                ("200 OK", render(&ctl, &groups).await)
             } else {
                 ("404 Not Found", "try /metrics\n".to_string())
             };

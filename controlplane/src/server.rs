@@ -3,6 +3,7 @@
 //! pairs them), and pushed notifications (watermarks, topic changes) interleaved.
 
 use crate::controller::{code, Controller};
+use crate::groups::Coordinator;
 use crate::meta::{keys, MetaStore, Op, SessionId};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
@@ -14,13 +15,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 
 /// Accepts data plane connections until the listener fails.
-pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<M>) -> std::io::Result<()> {
+pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<M>, groups: Arc<Coordinator<M>>) -> std::io::Result<()> {
     loop {
         let (sock, peer) = listener.accept().await?;
         let _ = sock.set_nodelay(true);
-        let ctl = ctl.clone();
+        let (ctl, groups) = (ctl.clone(), groups.clone());
         tokio::spawn(async move {
-            match connection(sock, ctl).await {
+            match connection(sock, ctl, groups).await {
                 Ok(()) => tracing::debug!(%peer, "data plane disconnected"),
                 Err(e) => tracing::warn!(%peer, error = %e, "data plane connection closed"),
             }
@@ -28,7 +29,7 @@ pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<
     }
 }
 
-async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>) -> anyhow::Result<()> {
+async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, groups: Arc<Coordinator<M>>) -> anyhow::Result<()> {
     let (mut rd, mut wr) = sock.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Arc<Vec<u8>>>(1024);
     let mut notes = ctl.shared.notify.subscribe();
@@ -80,6 +81,16 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>) -
                         Ok(Ok(r)) => Body::CommitWalReply(r),
                         Ok(Err(e)) => failed(code::KAFKA_STORAGE_ERROR, e),
                         Err(_) => failed(code::KAFKA_STORAGE_ERROR, "control plane stopping"),
+                    };
+                    send(&out_tx, id, reply).await;
+                });
+            }
+            Some(Body::KafkaRequest(r)) => {
+                let (groups, out_tx) = (groups.clone(), out_tx.clone());
+                tokio::spawn(async move {
+                    let reply = match groups.handle(r).await {
+                        Ok(body) => Body::KafkaResponse(KafkaResponse { body }),
+                        Err((error, message)) => failed(i32::from(error), message),
                     };
                     send(&out_tx, id, reply).await;
                 });

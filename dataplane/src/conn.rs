@@ -27,7 +27,9 @@ const READ_STEP: usize = 1 << 20;
 
 /// Serves a connection until the client closes it or sends something unacceptable.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
+    let peer_ip: Rc<str> = Rc::from(peer_addr.map(|a| a.ip().to_string()).unwrap_or_default());
     let _ = stream.set_nodelay(true);
     shard.metrics.add(crate::metrics::M::Connections, 1);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
@@ -76,7 +78,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             break;
         }
         let req = match api::parse(buf.freeze()) {
-            Ok(r) => r,
+            Ok(r) => api::Request { peer_ip: peer_ip.clone(), ..r },
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "bad request; closing connection");
                 break;

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod configs;
+pub mod forward;
 
 use prost::Message;
 
@@ -73,7 +74,7 @@ pub struct Envelope {
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
     /// The message.
-    #[prost(oneof = "body::Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25")]
+    #[prost(oneof = "body::Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27")]
     pub body: Option<body::Body>,
 }
 
@@ -155,6 +156,12 @@ pub mod body {
         /// Answer to [`AllocateProducerId`].
         #[prost(message, tag = "25")]
         ProducerIdAllocated(ProducerIdAllocated),
+        /// A group API request, forwarded unchanged to the group coordinator.
+        #[prost(message, tag = "26")]
+        KafkaRequest(KafkaRequest),
+        /// Answer to [`KafkaRequest`]: the encoded Kafka response body.
+        #[prost(message, tag = "27")]
+        KafkaResponse(KafkaResponse),
     }
 }
 
@@ -567,4 +574,33 @@ pub struct ProducerIdAllocated {
     /// The id.
     #[prost(int64, tag = "1")]
     pub producer_id: i64,
+}
+
+/// A Kafka request a data plane forwards to the control plane (the group coordinator) without
+/// decoding it: see [`forward`].
+#[derive(Clone, PartialEq, Message)]
+pub struct KafkaRequest {
+    /// Kafka API key.
+    #[prost(int32, tag = "1")]
+    pub api_key: i32,
+    /// Kafka API version.
+    #[prost(int32, tag = "2")]
+    pub api_version: i32,
+    /// The request body as the client encoded it (after the request header).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body: bytes::Bytes,
+    /// The client's `client.id` (from the request header).
+    #[prost(string, tag = "4")]
+    pub client_id: String,
+    /// The client's address, as the data plane sees it.
+    #[prost(string, tag = "5")]
+    pub client_host: String,
+}
+
+/// Answer to [`KafkaRequest`].
+#[derive(Clone, PartialEq, Message)]
+pub struct KafkaResponse {
+    /// The response body, encoded at the request's version (without the response header).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub body: bytes::Bytes,
 }

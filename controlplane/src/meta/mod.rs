@@ -164,4 +164,34 @@ pub mod keys {
     pub fn wal_object(object_key: &str) -> String {
         format!("{ROOT}wal/objects/{object_key}")
     }
+    /// Every key of every group.
+    pub fn groups() -> (String, String) {
+        (format!("{ROOT}groups/"), format!("{ROOT}groups0"))
+    }
+    /// A group's membership record.
+    pub fn group_meta(group: &str) -> String {
+        format!("{ROOT}groups/{}/meta", escape(group))
+    }
+    /// A group's committed offset of one partition.
+    pub fn group_offset(group: &str, topic: &str, partition: i32) -> String {
+        format!("{ROOT}groups/{}/offsets/{topic}/{partition:010}", escape(group))
+    }
+    /// Every key of one group.
+    pub fn group_all(group: &str) -> (String, String) {
+        let g = escape(group);
+        (format!("{ROOT}groups/{g}/"), format!("{ROOT}groups/{g}0"))
+    }
+    /// Group id and the rest of a key inside [`groups`].
+    pub fn parse_group_key(key: &str) -> Option<(String, &str)> {
+        let rest = key.strip_prefix(ROOT)?.strip_prefix("groups/")?;
+        let (g, rest) = rest.split_once('/')?;
+        Some((unescape(g)?, rest))
+    }
+    /// Group ids are any string; `/` and `%` are escaped so a group's keys stay under one prefix.
+    fn escape(group: &str) -> String {
+        group.replace('%', "%25").replace('/', "%2F")
+    }
+    fn unescape(g: &str) -> Option<String> {
+        Some(g.replace("%2F", "/").replace("%25", "%"))
+    }
 }

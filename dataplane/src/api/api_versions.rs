@@ -1,12 +1,11 @@
 //! ApiVersions: the APIs and version ranges this broker serves.
 
-use super::{encode, Reply, Request, SUPPORTED};
+use super::{all_supported, encode, Reply, Request};
 use crate::shard::code;
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
 
 pub fn handle(req: &Request) -> Reply {
-    let api_keys = SUPPORTED
-        .iter()
+    let api_keys = all_supported()
         .map(|(k, min, max)| ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max))
         .collect();
     let resp = ApiVersionsResponse::default().with_api_keys(api_keys);

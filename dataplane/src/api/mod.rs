@@ -9,6 +9,7 @@ mod api_versions;
 mod describe_cluster;
 mod describe_configs;
 mod fetch;
+mod group;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
@@ -35,6 +36,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 6),
 ];
 
 /// What the connection writes for a request.
@@ -56,6 +58,8 @@ pub struct Request {
     pub body: Bytes,
     /// An ApiVersions request at a version we do not know: answered with UNSUPPORTED_VERSION.
     pub unsupported_api_versions: bool,
+    /// The client's IP address (group APIs report it as the member's host).
+    pub peer_ip: Rc<str>,
 }
 
 /// Why a frame was refused.
@@ -71,8 +75,13 @@ pub enum ParseError {
     Header(String),
 }
 
+/// Every API served: [`SUPPORTED`] here, then the group APIs forwarded to the coordinator.
+pub fn all_supported() -> impl Iterator<Item = &'static (ApiKey, i16, i16)> {
+    SUPPORTED.iter().chain(sluice_rpc::forward::GROUP_APIS)
+}
+
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED.iter().find(|(k, _, _)| *k == api).map(|(_, a, b)| (*a, *b))
+    all_supported().find(|(k, _, _)| *k == api).map(|(_, a, b)| (*a, *b))
 }
 
 /// Reads the header of a request frame.
@@ -93,19 +102,31 @@ pub fn parse(mut frame: Bytes) -> Result<Request, ParseError> {
         // UNSUPPORTED_VERSION and its ranges; only the correlation id (bytes 4..8) is needed.
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
         let header = RequestHeader::default().with_request_api_key(key).with_request_api_version(version).with_correlation_id(correlation_id);
-        return Ok(Request { api, version, header, body: Bytes::new(), unsupported_api_versions: true });
+        return Ok(Request { api, version, header, body: Bytes::new(), unsupported_api_versions: true, peer_ip: Rc::from("") });
     }
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(|e| ParseError::Header(e.to_string()))?;
-    Ok(Request { api, version, header, body: frame, unsupported_api_versions: false })
+    Ok(Request { api, version, header, body: frame, unsupported_api_versions: false, peer_ip: Rc::from("") })
 }
 
 /// Encodes a response frame: size, header, body.
 pub fn encode<R: Encodable>(req: &Request, version: i16, resp: &R) -> Reply {
+    frame(req, version, |buf| resp.encode(buf, version))
+}
+
+/// Frames a response body that is already encoded (at the request's version).
+pub fn frame_body(req: &Request, body: &[u8]) -> Reply {
+    frame(req, req.version, |buf| {
+        buf.put_slice(body);
+        Ok(())
+    })
+}
+
+fn frame(req: &Request, version: i16, body: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>) -> Reply {
     let mut buf = BytesMut::with_capacity(256);
     buf.put_u32(0);
     let header = ResponseHeader::default().with_correlation_id(req.header.correlation_id);
     let header_version = req.api.response_header_version(version);
-    if let Err(e) = header.encode(&mut buf, header_version).and_then(|_| resp.encode(&mut buf, version)) {
+    if let Err(e) = header.encode(&mut buf, header_version).and_then(|_| body(&mut buf)) {
         tracing::error!(api = ?req.api, version, error = %e, "cannot encode response");
         return Reply::Close;
     }
@@ -156,6 +177,8 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request) -> Reply {
         ApiKey::DescribeConfigs => run!(describe_configs::handle),
         ApiKey::DescribeCluster => run!(describe_cluster::handle),
         ApiKey::InitProducerId => run!(init_producer_id::handle),
+        ApiKey::FindCoordinator => run!(group::find_coordinator),
+        api if sluice_rpc::forward::is_group_api(api) => group::forward(&shard, &req).await,
         other => {
             tracing::warn!(api = ?other, "unsupported API; closing connection");
             Reply::Close

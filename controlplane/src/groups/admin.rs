@@ -1,0 +1,131 @@
+//! DescribeGroups, ListGroups, DeleteGroups: what `kafka-consumer-groups` and the admin clients
+//! use.
+
+use super::{err, sb, Client, Coordinator, Kind};
+use crate::meta::{keys, MetaStore, Op};
+use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
+use kafka_protocol::messages::delete_groups_response::{DeletableGroupResult, DeleteGroupsResponse};
+use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
+use kafka_protocol::messages::describe_groups_response::{DescribeGroupsResponse, DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
+use kafka_protocol::messages::list_groups_response::{ListGroupsResponse, ListedGroup};
+use kafka_protocol::messages::GroupId;
+
+/// Authorized operations are not computed (no ACLs yet): Kafka's "not requested" value.
+const OPS_UNKNOWN: i32 = i32::MIN;
+
+impl<M: MetaStore + Clone> Coordinator<M> {
+    pub(super) async fn describe_groups(&self, req: DescribeGroupsRequest, _version: i16, _client: &Client) -> DescribeGroupsResponse {
+        let mut out = Vec::new();
+        for id in req.groups {
+            let d = DescribedGroup::default().with_group_id(id.clone()).with_authorized_operations(OPS_UNKNOWN);
+            let Some(g) = self.existing(&id) else {
+                out.push(d.with_group_state(sb("Dead")));
+                continue;
+            };
+            let g = g.lock().await;
+            if !g.exists && g.is_empty() {
+                out.push(d.with_group_state(sb("Dead")));
+                continue;
+            }
+            let members = match g.kind() {
+                Some(Kind::Consumer) => g
+                    .consumer
+                    .members
+                    .values()
+                    .map(|m| {
+                        DescribedGroupMember::default()
+                            .with_member_id(sb(&m.id))
+                            .with_group_instance_id(m.instance_id.as_deref().map(sb))
+                            .with_client_id(sb(&m.client_id))
+                            .with_client_host(sb(&m.client_host))
+                    })
+                    .collect(),
+                _ => {
+                    let c = &g.classic;
+                    c.members
+                        .values()
+                        .map(|m| {
+                            DescribedGroupMember::default()
+                                .with_member_id(sb(&m.id))
+                                .with_group_instance_id(m.instance_id.as_deref().map(sb))
+                                .with_client_id(sb(&m.client_id))
+                                .with_client_host(sb(&m.client_host))
+                                .with_member_metadata(m.metadata(c.protocol.as_deref()))
+                                .with_member_assignment(m.assignment.clone())
+                        })
+                        .collect()
+                }
+            };
+            let protocol = match g.kind() {
+                Some(Kind::Consumer) => g.consumer.assignor_name().to_string(),
+                _ => g.classic.protocol.clone().unwrap_or_default(),
+            };
+            out.push(
+                d.with_group_state(sb(g.state_name()))
+                    .with_protocol_type(sb(&g.protocol_type()))
+                    .with_protocol_data(sb(&protocol))
+                    .with_members(members),
+            );
+        }
+        DescribeGroupsResponse::default().with_groups(out)
+    }
+
+    pub(super) async fn list_groups(&self, req: ListGroupsRequest, _version: i16, _client: &Client) -> ListGroupsResponse {
+        let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
+        let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
+        let mut out = Vec::new();
+        for g in self.all_groups() {
+            let g = g.lock().await;
+            if !g.exists && g.is_empty() {
+                continue;
+            }
+            let (state, kind) = (g.state_name(), g.group_type());
+            if (!states.is_empty() && !states.contains(&state.to_lowercase())) || (!types.is_empty() && !types.contains(&kind.to_string())) {
+                continue;
+            }
+            out.push(
+                ListedGroup::default()
+                    .with_group_id(GroupId(sb(&g.id)))
+                    .with_protocol_type(sb(&g.protocol_type()))
+                    .with_group_state(sb(state))
+                    .with_group_type(sb(kind)),
+            );
+        }
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        ListGroupsResponse::default().with_groups(out)
+    }
+
+    pub(super) async fn delete_groups(&self, req: DeleteGroupsRequest, _version: i16, _client: &Client) -> DeleteGroupsResponse {
+        let mut results = Vec::new();
+        for id in req.groups_names {
+            let code = match self.existing(&id) {
+                None => err::GROUP_ID_NOT_FOUND,
+                Some(g) => {
+                    let mut g = g.lock().await;
+                    if !g.exists && g.is_empty() {
+                        err::GROUP_ID_NOT_FOUND
+                    } else if !g.is_empty() {
+                        err::NON_EMPTY_GROUP
+                    } else {
+                        let (a, b) = keys::group_all(&id);
+                        match self.shared.store.txn(vec![], vec![Op::DeleteRange(a, b)]).await {
+                            Ok(_) => {
+                                *g = Default::default();
+                                g.id = id.to_string();
+                                self.groups.lock().expect("poisoned").remove(id.as_str());
+                                0
+                            }
+                            Err(e) => {
+                                tracing::warn!(group = %id.as_str(), error = %e, "cannot delete group");
+                                err::COORDINATOR_NOT_AVAILABLE
+                            }
+                        }
+                    }
+                }
+            };
+            results.push(DeletableGroupResult::default().with_group_id(id).with_error_code(code));
+        }
+        DeleteGroupsResponse::default().with_results(results)
+    }
+}
