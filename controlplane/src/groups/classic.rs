@@ -266,7 +266,7 @@ impl Classic {
         if self.members.is_empty() {
             return !protocol_type.is_empty() && !protocols.is_empty();
         }
-        self.protocol_type.as_deref() == Some(protocol_type) && {
+        self.members.values().next().is_some_and(|m| m.protocol_type == protocol_type) && {
             let c = self.candidates();
             protocols.iter().any(|(n, _)| c.contains(n))
         }
