@@ -369,3 +369,81 @@ def parse_produce_response(r, version, topic, partition):
     parts = topics[0][1]
     assert len(parts) == 1 and parts[0]["partition"] == partition, f"unexpected partitions {parts}"
     return parts[0]
+
+
+# --------------------------------------------------------------------------- group APIs
+
+JOIN_GROUP = 11
+HEARTBEAT = 12
+SYNC_GROUP = 14
+CONSUMER_GROUP_HEARTBEAT = 68
+
+INCONSISTENT_GROUP_PROTOCOL = 23
+ILLEGAL_GENERATION = 22
+UNKNOWN_MEMBER_ID = 25
+INVALID_SESSION_TIMEOUT = 26
+REBALANCE_IN_PROGRESS = 27
+INVALID_REQUEST = 42
+MEMBER_ID_REQUIRED = 79
+FENCED_MEMBER_EPOCH = 110
+
+
+def join_group_v5(conn, group, member_id="", protocols=(("range", b""),), session_ms=6000, rebalance_ms=6000,
+                  protocol_type="consumer"):
+    """JoinGroup v5; returns (error, generation, protocol, leader, member_id, [(member_id, metadata)])."""
+    body = (string(group) + i32(session_ms) + i32(rebalance_ms) + string(member_id) + string(None)
+            + string(protocol_type) + array([string(n) + nbytes(m) for n, m in protocols]))
+    r = conn.request(JOIN_GROUP, 5, body)
+    r.i32()  # throttle
+    error, generation = r.i16(), r.i32()
+    protocol, leader, member = r.string(), r.string(), r.string()
+    members = r.array(lambda rr: (rr.string(), rr.string(), rr.bytes()))
+    return error, generation, protocol, leader, member, [(m, meta) for m, _, meta in members]
+
+
+def sync_group_v3(conn, group, generation, member_id, assignments=()):
+    """SyncGroup v3; returns (error, assignment)."""
+    body = (string(group) + i32(generation) + string(member_id) + string(None)
+            + array([string(m) + nbytes(a) for m, a in assignments]))
+    r = conn.request(SYNC_GROUP, 3, body)
+    r.i32()
+    return r.i16(), r.bytes()
+
+
+def heartbeat_v3(conn, group, generation, member_id):
+    body = string(group) + i32(generation) + string(member_id) + string(None)
+    r = conn.request(HEARTBEAT, 3, body)
+    r.i32()
+    return r.i16()
+
+
+def consumer_group_heartbeat_v0(conn, group, member_id, epoch, topics=None):
+    """ConsumerGroupHeartbeat v0 (flexible); returns (error, member_id, member_epoch)."""
+    topic_array = uvarint(0) if topics is None else uvarint(len(topics) + 1) + b"".join(compact_string(t) for t in topics)
+    owned = uvarint(0) if topics is None else uvarint(1)  # null unless joining (then empty)
+    body = (compact_string(group) + compact_string(member_id) + i32(epoch) + compact_string(None)
+            + compact_string(None) + i32(60000 if topics is not None else -1) + topic_array
+            + compact_string(None) + owned + uvarint(0))
+    corr = conn.send_request(CONSUMER_GROUP_HEARTBEAT, 0, body, flexible=True)
+    r = Reader(conn.recv_frame())
+    assert r.i32() == corr
+    r.data, r.pos = r.data, r.pos + 1  # response header v1: empty tagged fields
+    r.i32()  # throttle
+    error = r.i16()
+
+    def compact_nullable_string():
+        n = _read_uvarint(r)
+        return None if n == 0 else r._take(n - 1).decode()
+    compact_nullable_string()  # error message
+    member = compact_nullable_string()
+    return error, member, r.i32()
+
+
+def _read_uvarint(r):
+    shift = value = 0
+    while True:
+        b = r.i8() & 0xFF
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value
+        shift += 7

@@ -55,12 +55,19 @@ def test_frame_length_out_of_bounds_closes_connection(sluice, length):
     probe.check()
 
 
-@pytest.mark.parametrize("case", ["unknown-api-key", "garbage-body"])
+@pytest.mark.parametrize("case", ["unknown-api-key", "garbage-body", "huge-array-count", "huge-group-array"])
 def test_unparseable_request(sluice, case):
     probe = HealthProbe(sluice.bootstrap)
     with kw.KafkaConnection(sluice.bootstrap) as conn:
         if case == "unknown-api-key":
             conn.send_request(9999, 0, b"\x00" * 16)
+        elif case == "huge-array-count":
+            # Metadata v1 whose topic array claims 2^31-1 entries in a 9-byte body: the decoder
+            # must fail on the short body, not abort on a 50 GB allocation.
+            conn.send_request(kw.METADATA, 1, kw.i32(0x7FFFFFFF) + b"\x00\x01t")
+        elif case == "huge-group-array":
+            # The same in a request forwarded to the group coordinator (DescribeGroups v0).
+            conn.send_request(15, 0, kw.i32(0x7FFFFFFF) + b"\x00\x01g")
         else:
             # transactional_id claims 32767 bytes, then junk: no valid Produce parse exists.
             conn.send_request(kw.PRODUCE, 3, b"\x7f\xff" + bytes((i * 37 + 11) % 256 for i in range(62)))

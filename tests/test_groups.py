@@ -322,3 +322,41 @@ def test_admin_list_describe_delete(sluice, tmp_path, workers):
             errors[g] = e.args[0].code()
     assert errors == {live: KafkaError.NON_EMPTY_GROUP, nobody: KafkaError.GROUP_ID_NOT_FOUND}
     assert idle not in {g.group_id for g in a.list_consumer_groups(request_timeout=15).result().valid}
+
+
+@pytest.mark.sluice(cores=2, controlplane_args=GROUP_ARGS)
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_control_plane_restart_mid_rebalance(sluice, tmp_path, workers, protocol):
+    """The control plane is SIGKILLed while a fourth member's join is being handled: the group
+    ends stable with all four, offsets intact, and nothing committed is read again. With two
+    shards, the members' requests reach the coordinator through different shard connections."""
+    bs = sluice.bootstrap
+    topic, group = unique("cpr"), unique("g")
+    create_topic(bs, topic, PARTITIONS)
+    members = [Worker(tmp_path, f"m{i}", "confluent", protocol, bs, group, topic) for i in range(3)]
+    workers.extend(members)
+    wait_for_split(members, topic)
+    produce_values(bs, topic, 0, 3_000)
+
+    def consumed(ms):
+        return {r[4] for m in ms for r in m.records()}
+    wait_until(lambda: len(consumed(members)) == 3_000, 60, interval=0.2, what="the first 3,000 records consumed")
+    marks = {m.name: len(m.events()) for m in members}
+
+    newcomer = Worker(tmp_path, "m3", "confluent", protocol, bs, group, topic)
+    workers.append(newcomer)
+    everyone = members + [newcomer]
+    # Mid-rebalance: some member has been asked to give up partitions.
+    wait_until(lambda: any(kind == "V" for m in members for kind, _, _ in m.events()[marks[m.name]:]), 60,
+               interval=0.02, what="a revocation (the rebalance under way)")
+    sluice.kill_controlplane()
+    sluice.start_controlplane()
+
+    wait_for_split(everyone, topic, timeout=120)
+    produce_values(bs, topic, 3_000, 3_000)
+    wait_until(lambda: len(consumed(everyone)) == 6_000, 120, interval=0.2, what="all 6,000 records consumed")
+    for m in everyone:
+        m.stop()
+    assert_no_redelivery_after_commit(everyone)
+    marks = watermarks(bs, topic, PARTITIONS)
+    assert committed_offsets(bs, group, topic) == {p: marks[p][1] for p in range(PARTITIONS)}
