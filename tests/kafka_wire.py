@@ -447,3 +447,68 @@ def _read_uvarint(r):
         if not b & 0x80:
             return value
         shift += 7
+
+
+OFFSET_FETCH = 9
+OFFSET_DELETE = 47
+GROUP_SUBSCRIBED_TO_TOPIC = 86
+GROUP_ID_NOT_FOUND = 69
+
+
+def _compact_nullable_string(r):
+    n = _read_uvarint(r)
+    return None if n == 0 else r._take(n - 1).decode()
+
+
+def _compact_array(r, item):
+    n = _read_uvarint(r)
+    return None if n == 0 else [item(r) for _ in range(n - 1)]
+
+
+def _skip_tags(r):
+    for _ in range(_read_uvarint(r)):
+        _read_uvarint(r)
+        r._take(_read_uvarint(r))
+
+
+def offset_fetch_v8(conn, groups):
+    """OffsetFetch v8, several groups in one request, all their offsets each.
+    Returns {group: (error, {(topic, partition): (offset, metadata)})}."""
+    items = [compact_string(g) + uvarint(0) + uvarint(0) for g in groups]  # topics null: all
+    body = uvarint(len(items) + 1) + b"".join(items) + i8(0) + uvarint(0)
+    corr = conn.send_request(OFFSET_FETCH, 8, body, flexible=True)
+    r = Reader(conn.recv_frame())
+    assert r.i32() == corr
+    _skip_tags(r)  # response header v1
+    r.i32()  # throttle
+
+    def partition(rr):
+        p, off, _epoch = rr.i32(), rr.i64(), rr.i32()
+        meta, err = _compact_nullable_string(rr), rr.i16()
+        _skip_tags(rr)
+        return p, off, meta, err
+
+    def topic(rr):
+        name = _compact_nullable_string(rr)
+        parts = _compact_array(rr, partition)
+        _skip_tags(rr)
+        return name, parts
+
+    def group(rr):
+        gid = _compact_nullable_string(rr)
+        topics = _compact_array(rr, topic)
+        err = rr.i16()
+        _skip_tags(rr)
+        return gid, err, {(t, p): (off, meta) for t, parts in topics for p, off, meta, _ in parts}
+
+    return {gid: (err, offs) for gid, err, offs in _compact_array(r, group)}
+
+
+def offset_delete_v0(conn, group, topic, partitions):
+    """OffsetDelete v0; returns (error, {partition: error})."""
+    body = string(group) + array([string(topic) + array([i32(p) for p in partitions])])
+    r = conn.request(OFFSET_DELETE, 0, body)
+    error = r.i16()
+    r.i32()
+    topics = r.array(lambda rr: (rr.string(), rr.array(lambda x: (x.i32(), x.i16()))))
+    return error, {p: e for _, parts in (topics or []) for p, e in parts}

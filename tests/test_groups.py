@@ -360,3 +360,74 @@ def test_control_plane_restart_mid_rebalance(sluice, tmp_path, workers, protocol
     assert_no_redelivery_after_commit(everyone)
     marks = watermarks(bs, topic, PARTITIONS)
     assert committed_offsets(bs, group, topic) == {p: marks[p][1] for p in range(PARTITIONS)}
+
+
+@pytest.mark.sluice(controlplane_args=GROUP_ARGS)
+def test_static_member_returns_without_a_rebalance(sluice, tmp_path, workers):
+    bs = sluice.bootstrap
+    topic, group = unique("static"), unique("g")
+    create_topic(bs, topic, 4)
+    static = ["session.timeout.ms=30000"]
+    members = [Worker(tmp_path, f"m{i}", "confluent", "classic", bs, group, topic, extra=static + [f"group.instance.id=i{i}"])
+               for i in range(2)]
+    workers.extend(members)
+    wait_for_split(members, topic, n=4)
+    before = members[0].owned()
+    mark = len(members[1].events())
+    members[0].kill()
+    back = Worker(tmp_path, "m0-again", "confluent", "classic", bs, group, topic, extra=static + ["group.instance.id=i0"])
+    workers.append(back)
+    wait_until(lambda: back.owned() == before, 60, interval=0.2, what="the restarted static member's old partitions")
+    # The other member was never asked to give anything up.
+    assert [e for e in members[1].events()[mark:] if e[0] in "AV"] == []
+
+
+@pytest.mark.sluice(controlplane_args=GROUP_ARGS)
+def test_empty_group_converts_between_protocols(sluice, tmp_path, workers):
+    bs = sluice.bootstrap
+    topic, group = unique("conv"), unique("g")
+    create_topic(bs, topic, 2)
+    for step, protocol in enumerate(["classic", "consumer", "classic"]):
+        produce_values(bs, topic, step * 100, 100, partitions=2)
+        w = Worker(tmp_path, f"m{step}", "confluent", protocol, bs, group, topic)
+        workers.append(w)
+        want = {str(i) for i in range(step * 100, step * 100 + 100)}
+        wait_until(lambda: {r[4] for r in w.records()} >= want, 60, interval=0.2, what=f"{protocol} member's records")
+        w.stop()
+        # It resumed from the offsets the previous protocol's member committed.
+        assert {r[4] for r in w.records()} == want
+    marks = watermarks(bs, topic, 2)
+    assert committed_offsets(bs, group, topic, n=2) == {0: marks[0][1], 1: marks[1][1]}
+
+
+@pytest.mark.sluice(controlplane_args=GROUP_ARGS)
+def test_offset_fetch_batched_and_offset_delete(sluice, tmp_path, workers):
+    bs = sluice.bootstrap
+    topic = unique("ofd")
+    create_topic(bs, topic, 2)
+    produce_values(bs, topic, 0, 10, partitions=2)
+    g1, g2, live = unique("g1"), unique("g2"), unique("live")
+    for g, offset in ((g1, 3), (g2, 5)):
+        c = consumer(bs, **{"group.id": g})
+        c.commit(offsets=[TopicPartition(topic, 0, offset, metadata=f"m{offset}"), TopicPartition(topic, 1, 1)],
+                 asynchronous=False)
+        c.close()
+    import kafka_wire as kw
+    with kw.KafkaConnection(bs) as conn:
+        got = kw.offset_fetch_v8(conn, [g1, g2, unique("nobody")])
+        # confluent-kafka sends the metadata string with its C terminator; it comes back as sent.
+        got = {g: (e, {k: (o, m.rstrip("\x00")) for k, (o, m) in offs.items()}) for g, (e, offs) in got.items()}
+        assert got[g1] == (0, {(topic, 0): (3, "m3"), (topic, 1): (1, "")})
+        assert got[g2] == (0, {(topic, 0): (5, "m5"), (topic, 1): (1, "")})
+        assert [v for k, v in got.items() if k not in (g1, g2)] == [(0, {})]
+
+        assert kw.offset_delete_v0(conn, g1, topic, [0]) == (0, {0: 0})
+        assert kw.offset_fetch_v8(conn, [g1])[g1] == (0, {(topic, 1): (1, "")})
+        assert kw.offset_delete_v0(conn, unique("nobody"), topic, [0])[0] == kw.GROUP_ID_NOT_FOUND
+
+    # A group whose members subscribe to the topic keeps its offsets.
+    w = Worker(tmp_path, "m0", "confluent", "classic", bs, live, topic)
+    workers.append(w)
+    wait_until(lambda: len({r[4] for r in w.records()}) == 10, 60, interval=0.2, what="the live member's records")
+    with kw.KafkaConnection(bs) as conn:
+        assert kw.offset_delete_v0(conn, live, topic, [0]) == (0, {0: kw.GROUP_SUBSCRIBED_TO_TOPIC})

@@ -499,11 +499,15 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     if was_leader {
                         c.leader = Some(new_id.clone());
                     }
-                    if c.state == State::Stable && unchanged && !was_leader {
+                    if c.state == State::Stable && unchanged {
+                        // No rebalance: it syncs and gets its old assignment back. As Kafka
+                        // does, a returning leader is told the old leader id, so it does not
+                        // run an assignment a stable group would never hand out.
                         m.join = None;
                         c.members.insert(new_id.clone(), m);
                         c.dirty = true;
-                        Joined::Now(c.current(&new_id))
+                        let leader_seen = if was_leader { old_id.clone() } else { c.leader.clone().unwrap_or_default() };
+                        Joined::Now(c.current(&new_id).with_leader(sb(&leader_seen)).with_members(Vec::new()))
                     } else {
                         c.members.insert(new_id, m);
                         if c.state != State::PreparingRebalance {
