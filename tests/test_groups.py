@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from confluent_kafka import ConsumerGroupState, KafkaError, TopicPartition
 from confluent_kafka import ConsumerGroupTopicPartitions
 
-from cluster import wait_until
+from cluster import free_port, wait_until
 from helpers import admin, consumer, create_topic, producer, unique, watermarks
 
 WORKER = str(Path(__file__).with_name("group_worker.py"))
@@ -431,3 +432,26 @@ def test_offset_fetch_batched_and_offset_delete(sluice, tmp_path, workers):
     wait_until(lambda: len({r[4] for r in w.records()}) == 10, 60, interval=0.2, what="the live member's records")
     with kw.KafkaConnection(bs) as conn:
         assert kw.offset_delete_v0(conn, live, topic, [0]) == (0, {0: kw.GROUP_SUBSCRIBED_TO_TOPIC})
+
+
+def test_consumer_lag_command_and_metrics(sluice_factory):
+    metrics = f"127.0.0.1:{free_port()}"
+    sluice = sluice_factory(controlplane_args=["--metrics-listen", metrics])
+    bs = sluice.bootstrap
+    topic, group = unique("lag"), unique("g")
+    create_topic(bs, topic, 2)
+    produce_values(bs, topic, 0, 10, partitions=2)
+    c = consumer(bs, **{"group.id": group})
+    c.commit(offsets=[TopicPartition(topic, 0, 3), TopicPartition(topic, 1, 1)], asynchronous=False)
+    c.close()
+
+    script = Path(__file__).parent.parent / "scripts" / "consumer-groups.py"
+    out = subprocess.run([sys.executable, str(script), "--bootstrap", bs, group], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    # GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST STATE
+    assert [(r[2], r[3], r[4], r[5]) for r in rows if r[1] == topic] == [("0", "3", "5", "2"), ("1", "1", "5", "4")], out
+
+    text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+    assert f'sluice_group_lag{{group="{group}",topic="{topic}",partition="0"}} 2' in text
+    assert f'sluice_group_lag{{group="{group}",topic="{topic}",partition="1"}} 4' in text
