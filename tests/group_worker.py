@@ -15,9 +15,14 @@ synchronously (at-least-once), and logs each successful commit. On SIGTERM it co
     E <time> <error>
 """
 
+import os
 import signal
 import sys
 import time
+
+# SLUICE_TEST_GROUP_DEFAULT_TIMEOUTS=1: the clients' own session and heartbeat defaults (for
+# measuring rebalance times with them); otherwise a 6 s session and 1 s heartbeats.
+DEFAULT_TIMEOUTS = os.environ.get("SLUICE_TEST_GROUP_DEFAULT_TIMEOUTS") == "1"
 
 stop = False
 
@@ -52,7 +57,7 @@ def confluent(protocol, bootstrap, group, log, topic, regex, extra):
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
     }
-    if protocol == "classic":
+    if protocol == "classic" and not DEFAULT_TIMEOUTS:
         conf.setdefault("session.timeout.ms", 6000)
         conf.setdefault("heartbeat.interval.ms", 1000)
     conf.update(extra)
@@ -117,8 +122,9 @@ def kafka_python(protocol, bootstrap, group, log, topic, regex, extra):
     from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
     assert protocol == "classic", "kafka-python speaks only the classic protocol"
-    conf = dict(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    conf = dict(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False)
+    if not DEFAULT_TIMEOUTS:
+        conf.update(session_timeout_ms=6000, heartbeat_interval_ms=1000)
     conf.update(extra)
     c = KafkaConsumer(**conf)
 

@@ -51,6 +51,8 @@ pub struct Member {
     pub state: MemberState,
     pub subscribed: Vec<String>,
     pub regex: Option<String>,
+    /// `regex`, compiled (full match).
+    compiled: Option<regex::Regex>,
     pub assignor: Option<String>,
     pub rebalance_timeout: Duration,
     /// Partitions the member may consume now.
@@ -79,6 +81,7 @@ impl Member {
             state: MemberState::Stable,
             subscribed: Vec::new(),
             regex: None,
+            compiled: None,
             assignor: None,
             rebalance_timeout: Duration::from_secs(300),
             assigned: Parts::new(),
@@ -91,7 +94,12 @@ impl Member {
     }
 
     fn matches(&self, topic: &str) -> bool {
-        self.subscribed.iter().any(|t| t == topic) || self.regex.as_deref().and_then(compile).is_some_and(|r| r.is_match(topic))
+        self.subscribed.iter().any(|t| t == topic) || self.compiled.as_ref().is_some_and(|r| r.is_match(topic))
+    }
+
+    fn set_regex(&mut self, re: Option<String>) {
+        self.compiled = re.as_deref().and_then(compile);
+        self.regex = re;
     }
 }
 
@@ -253,6 +261,7 @@ impl Consumer {
                 previous_epoch: m.epoch,
                 state: if revoking.is_empty() { MemberState::Stable } else { MemberState::Unrevoked },
                 subscribed: m.subscribed,
+                compiled: m.regex.as_deref().and_then(compile),
                 regex: m.regex,
                 assignor: m.assignor,
                 rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
@@ -543,7 +552,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     m.epoch = prev.epoch;
                     m.previous_epoch = prev.epoch;
                     m.subscribed = prev.subscribed;
-                    m.regex = prev.regex;
+                    m.set_regex(prev.regex);
                     m.assignor = prev.assignor;
                     took_over = true;
                 }
@@ -595,7 +604,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         if let Some(re) = &req.subscribed_topic_regex {
             let re = (!re.is_empty()).then(|| re.to_string());
             if re != m.regex {
-                m.regex = re;
+                m.set_regex(re);
                 membership_changed = true;
             }
         }

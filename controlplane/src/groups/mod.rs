@@ -138,9 +138,6 @@ impl Group {
             Some(Kind::Classic)
         } else if !self.consumer.members.is_empty() {
             Some(Kind::Consumer)
-        } else if self.consumer.group_epoch > 0 {
-            // Empty, but last used by the consumer protocol: listed as a consumer group.
-            None
         } else {
             None
         }
@@ -290,8 +287,13 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         Ok(())
     }
 
-    /// Enforces session and rebalance timeouts of every group.
+    /// Enforces session and rebalance timeouts of every group, and forgets groups that exist
+    /// only in memory with nothing in them (a join that never came back, say).
     async fn sweep(&self) {
+        self.groups.lock().expect("poisoned").retain(|_, g| {
+            // Only the map holds it, so no request is about to use it.
+            Arc::strong_count(g) > 1 || g.try_lock().map_or(true, |g| g.exists || !g.is_empty() || !g.offsets.is_empty())
+        });
         let now = Instant::now();
         for g in self.all_groups() {
             let mut g = g.lock().await;
