@@ -295,10 +295,12 @@ def test_admin_list_describe_delete(sluice, tmp_path, workers):
     bs = sluice.bootstrap
     topic = unique("adm")
     create_topic(bs, topic, 2)
-    live, idle = unique("live"), unique("idle")
+    live, idle, kip848 = unique("live"), unique("idle"), unique("kip848")
     w = Worker(tmp_path, "m0", "confluent", "classic", bs, live, topic)
-    workers.append(w)
-    wait_until(lambda: w.owned() == all_partitions(topic, 2), 60, interval=0.2, what="the live member's assignment")
+    k = Worker(tmp_path, "k0", "confluent", "consumer", bs, kip848, topic)
+    workers.extend([w, k])
+    for m in (w, k):
+        wait_until(lambda: m.owned() == all_partitions(topic, 2), 60, interval=0.2, what=f"{m.name}'s assignment")
     c = consumer(bs, **{"group.id": idle})
     c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
     c.close()
@@ -316,6 +318,10 @@ def test_admin_list_describe_delete(sluice, tmp_path, workers):
     assert len(desc.members) == 1
     assert {tp.partition for tp in desc.members[0].assignment.topic_partitions} == {0, 1}
     assert d[idle].result().state == ConsumerGroupState.EMPTY
+    # A KIP-848 group, described through ConsumerGroupDescribe.
+    desc = a.describe_consumer_groups([kip848])[kip848].result()
+    assert desc.state == ConsumerGroupState.STABLE
+    assert [{tp.partition for tp in m.assignment.topic_partitions} for m in desc.members] == [{0, 1}]
 
     nobody = unique("nobody")
     f = a.delete_consumer_groups([live, idle, nobody], request_timeout=15)
