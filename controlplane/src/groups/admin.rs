@@ -28,29 +28,23 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 out.push(d.with_group_state(sb("Dead")));
                 continue;
             }
+            let described = |id: &str, instance: Option<&str>, client_id: &str, host: &str| {
+                DescribedGroupMember::default()
+                    .with_member_id(sb(id))
+                    .with_group_instance_id(instance.map(sb))
+                    .with_client_id(sb(client_id))
+                    .with_client_host(sb(host))
+            };
             let members = match g.kind() {
-                Some(Kind::Consumer) => g
-                    .consumer
-                    .members
-                    .values()
-                    .map(|m| {
-                        DescribedGroupMember::default()
-                            .with_member_id(sb(&m.id))
-                            .with_group_instance_id(m.instance_id.as_deref().map(sb))
-                            .with_client_id(sb(&m.client_id))
-                            .with_client_host(sb(&m.client_host))
-                    })
-                    .collect(),
+                Some(Kind::Consumer) => {
+                    g.consumer.members.values().map(|m| described(&m.id, m.instance_id.as_deref(), &m.client_id, &m.client_host)).collect()
+                }
                 _ => {
                     let c = &g.classic;
                     c.members
                         .values()
                         .map(|m| {
-                            DescribedGroupMember::default()
-                                .with_member_id(sb(&m.id))
-                                .with_group_instance_id(m.instance_id.as_deref().map(sb))
-                                .with_client_id(sb(&m.client_id))
-                                .with_client_host(sb(&m.client_host))
+                            described(&m.id, m.instance_id.as_deref(), &m.client_id, &m.client_host)
                                 .with_member_metadata(m.metadata(c.protocol.as_deref()))
                                 .with_member_assignment(m.assignment.clone())
                         })

@@ -358,16 +358,7 @@ impl Classic {
         }
         self.state = State::CompletingRebalance;
         self.sync_deadline = Some(now + self.max_rebalance_timeout());
-        let all: Vec<JoinGroupResponseMember> = self
-            .members
-            .values()
-            .map(|m| {
-                JoinGroupResponseMember::default()
-                    .with_member_id(sb(&m.id))
-                    .with_group_instance_id(m.instance_id.as_deref().map(sb))
-                    .with_metadata(m.metadata(self.protocol.as_deref()))
-            })
-            .collect();
+        let all = self.member_list();
         let (generation, protocol, protocol_type, leader) = (self.generation, self.protocol.clone(), self.protocol_type.clone(), self.leader.clone());
         for m in self.members.values_mut() {
             m.assignment = Bytes::new();
@@ -387,22 +378,24 @@ impl Classic {
         }
     }
 
+    /// What the leader gets in its JoinGroup answer: every member with its metadata for the
+    /// chosen protocol.
+    fn member_list(&self) -> Vec<JoinGroupResponseMember> {
+        self.members
+            .values()
+            .map(|m| {
+                JoinGroupResponseMember::default()
+                    .with_member_id(sb(&m.id))
+                    .with_group_instance_id(m.instance_id.as_deref().map(sb))
+                    .with_metadata(m.metadata(self.protocol.as_deref()))
+            })
+            .collect()
+    }
+
     /// The answer to a member that rejoins a group whose generation need not change.
     fn current(&self, member_id: &str) -> JoinGroupResponse {
         let is_leader = self.leader.as_deref() == Some(member_id);
-        let members = if is_leader {
-            self.members
-                .values()
-                .map(|m| {
-                    JoinGroupResponseMember::default()
-                        .with_member_id(sb(&m.id))
-                        .with_group_instance_id(m.instance_id.as_deref().map(sb))
-                        .with_metadata(m.metadata(self.protocol.as_deref()))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let members = if is_leader { self.member_list() } else { Vec::new() };
         JoinGroupResponse::default()
             .with_generation_id(self.generation)
             .with_protocol_type(self.protocol_type.as_deref().map(sb))
