@@ -466,3 +466,48 @@ def test_consumer_lag_command_and_metrics(sluice_factory):
     text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
     assert f'sluice_group_lag{{group="{group}",topic="{topic}",partition="0"}} 2' in text
     assert f'sluice_group_lag{{group="{group}",topic="{topic}",partition="1"}} 4' in text
+
+
+@pytest.fixture
+def second_dataplane(sluice):
+    """A second data plane (node 2) on its own port, same control plane and object directory."""
+    import kafka_wire as kw
+    from cluster import free_port as port
+    listen = f"127.0.0.1:{port()}"
+    cmd = sluice.dataplane_cmd()
+    cmd[cmd.index("--listen") + 1] = listen
+    log = open(sluice.log_dir / "dataplane2.log", "ab")
+    proc = subprocess.Popen([*cmd, "--node-id", "2"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ready():
+        assert proc.poll() is None, f"second data plane exited with {proc.returncode}"
+        with kw.KafkaConnection(listen, timeout=2) as conn:
+            return bool(kw.metadata_v1(conn, topics=[])["brokers"])
+    try:
+        wait_until(ready, 60, what="the second data plane")
+        yield listen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.sluice(controlplane_args=GROUP_ARGS)
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_members_on_different_data_planes(sluice, second_dataplane, tmp_path, workers, protocol):
+    """Members bootstrapped to different data planes are coordinated as one group: each data
+    plane names itself as the coordinator and forwards to the control plane."""
+    topic, group = unique("dp2"), unique("g")
+    create_topic(sluice.bootstrap, topic, PARTITIONS)
+    entry = [sluice.bootstrap, sluice.bootstrap, second_dataplane]
+    members = [Worker(tmp_path, f"m{i}", "confluent", protocol, bs, group, topic) for i, bs in enumerate(entry)]
+    workers.extend(members)
+    wait_for_split(members, topic)
+    produce_values(sluice.bootstrap, topic, 0, 3_000)
+    wait_until(lambda: len({r[4] for m in members for r in m.records()}) == 3_000, 60, interval=0.2,
+               what="every record consumed")
+    for m in members:
+        m.stop()
+    assert_no_redelivery_after_commit(members)
+    marks = watermarks(sluice.bootstrap, topic, PARTITIONS)
+    assert committed_offsets(second_dataplane, group, topic) == {p: marks[p][1] for p in range(PARTITIONS)}
