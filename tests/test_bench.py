@@ -50,6 +50,14 @@ def test_metrics_count_produced_records_objects_and_transactions(metered):
     assert 1 <= groups <= commits
     assert txns >= groups + 1, "the topic creation and the commit groups are transactions"
     assert dp["sluice_wal_commit_failures_total"] == 0
+    # Stage latency histograms: one put and one commit per object, one append per buffered batch.
+    def delta(name):
+        return dp[name] - before_dp[name]
+    assert delta("sluice_wal_put_seconds_count") == objects
+    assert delta("sluice_wal_commit_seconds_count") == objects
+    appends = delta("sluice_produce_append_seconds_count")
+    assert appends >= objects and delta("sluice_wal_buffer_seconds_count") == appends
+    assert delta("sluice_wal_put_seconds_sum") > 0
     assert cp["sluice_topics"] >= 1
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://127.0.0.1:{dp_port}/nope", timeout=10)

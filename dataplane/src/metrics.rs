@@ -41,10 +41,42 @@ pub enum M {
     Connections,
 }
 
-/// A shard's counters.
+/// Latency histograms: name, help. Buckets are [`BUCKETS`] (seconds).
+pub const HISTOGRAMS: &[(&str, &str)] = &[
+    ("sluice_wal_buffer_seconds", "Time a produced batch waited in the open WAL buffer until its object was cut."),
+    ("sluice_wal_put_seconds", "Time to write a WAL object durably (write, fsync, rename, directory fsync)."),
+    ("sluice_wal_commit_seconds", "Time from a WAL object being durable to the control plane answering its commit."),
+    ("sluice_produce_append_seconds", "Time from a batch reaching its owner shard to its append being answered."),
+];
+
+/// Upper bounds of the histogram buckets, in seconds (then +Inf).
+pub const BUCKETS: [f64; 12] = [0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.024];
+
+/// Index into [`HISTOGRAMS`].
+#[derive(Clone, Copy)]
+pub enum H {
+    Buffer,
+    Put,
+    Commit,
+    Append,
+}
+
+/// One histogram of one shard: a count per bucket (the last is +Inf) and the sum in
+/// microseconds.
+#[derive(Default)]
+struct Hist {
+    counts: [Cell<u64>; BUCKETS.len() + 1],
+    sum_us: Cell<u64>,
+}
+
+/// Values a histogram adds to a snapshot.
+const HIST_VALUES: usize = BUCKETS.len() + 2;
+
+/// A shard's counters and histograms.
 #[derive(Default)]
 pub struct ShardMetrics {
     values: [Cell<u64>; METRICS.len()],
+    hists: [Hist; HISTOGRAMS.len()],
 }
 
 impl ShardMetrics {
@@ -60,9 +92,24 @@ impl ShardMetrics {
         c.set(c.get().saturating_sub(n));
     }
 
-    /// The current values, in [`METRICS`] order.
+    /// Records one duration.
+    pub fn observe(&self, h: H, d: std::time::Duration) {
+        let h = &self.hists[h as usize];
+        let secs = d.as_secs_f64();
+        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        h.counts[i].set(h.counts[i].get() + 1);
+        h.sum_us.set(h.sum_us.get().wrapping_add(d.as_micros() as u64));
+    }
+
+    /// The current values: counters in [`METRICS`] order, then per histogram its bucket counts
+    /// and its sum in microseconds.
     pub fn snapshot(&self) -> Vec<u64> {
-        self.values.iter().map(Cell::get).collect()
+        let mut out: Vec<u64> = self.values.iter().map(Cell::get).collect();
+        for h in &self.hists {
+            out.extend(h.counts.iter().map(Cell::get));
+            out.push(h.sum_us.get());
+        }
+        out
     }
 }
 
@@ -74,6 +121,18 @@ pub fn render(shards: &[Vec<u64>]) -> String {
         for (shard, values) in shards.iter().enumerate() {
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", values.get(i).copied().unwrap_or(0));
         }
+    }
+    // Histograms are summed over the shards.
+    for (j, (name, help)) in HISTOGRAMS.iter().enumerate() {
+        let at = METRICS.len() + j * HIST_VALUES;
+        let sum = |k: usize| shards.iter().map(|v| v.get(at + k).copied().unwrap_or(0)).sum::<u64>();
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (k, le) in BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
+            cumulative += sum(k);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {cumulative}", sum(BUCKETS.len() + 1) as f64 / 1e6);
     }
     out
 }

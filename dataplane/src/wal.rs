@@ -13,7 +13,7 @@
 //!    one it must follow (see [`Ticket`]). Only then are the appends answered, their
 //!    batches patched with real base offsets and put in the cache.
 
-use crate::metrics::M;
+use crate::metrics::{H, M};
 use crate::notify::Notify;
 use crate::shard::{code, AppendReq, AppendResult, Marks, ReadReq, ReadResult, Shard, RPC_TIMEOUT};
 use bytes::Bytes;
@@ -31,6 +31,8 @@ const COMMIT_DEADLINE: Duration = Duration::from_secs(60);
 struct Pending {
     req: AppendReq,
     reply: oneshot::Sender<AppendResult>,
+    /// When it entered the open buffer.
+    at: Instant,
 }
 
 /// Where an object's commit stands, for the commit of the object cut after it.
@@ -156,7 +158,8 @@ async fn append_new(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
     let (tx, rx) = oneshot::channel();
     let was_empty = wal.open.borrow().is_empty();
     wal.open_bytes.set(wal.open_bytes.get() + req.data.len());
-    wal.open.borrow_mut().push(Pending { req, reply: tx });
+    let at = Instant::now();
+    wal.open.borrow_mut().push(Pending { req, reply: tx, at });
     if wal.open_bytes.get() >= wal.flush_bytes {
         cut(shard);
     } else if was_empty {
@@ -171,6 +174,7 @@ async fn append_new(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
         .detach();
     }
     let r = rx.await.unwrap_or(Err(code::UNKNOWN_SERVER_ERROR));
+    shard.metrics.observe(H::Append, at.elapsed());
     drop(permit);
     r
 }
@@ -195,6 +199,10 @@ fn now_ms() -> i64 {
 }
 
 async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, object_id: u128, previous: Option<Rc<Ticket>>, me: Rc<Ticket>) {
+    let cut_at = Instant::now();
+    for p in &batch {
+        shard.metrics.observe(H::Buffer, cut_at.duration_since(p.at));
+    }
     // Chunks are in stream order; within a stream, appends keep their arrival order.
     batch.sort_by_key(|p| p.req.stream);
     let key = me.key.clone();
@@ -233,7 +241,10 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, object_i
         c.crc = l.crc;
     }
 
+    let put_at = Instant::now();
     let written = shard.store.put(&key, &object).await;
+    let durable_at = Instant::now();
+    shard.metrics.observe(H::Put, durable_at - put_at);
     if written.is_ok() {
         shard.metrics.add(M::WalObjects, 1);
         shard.metrics.add(M::WalObjectBytes, object.len() as u64);
@@ -252,6 +263,7 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, object_i
     }
     let commit = CommitWal { object_key: key.clone(), object_size: object.len() as u64, chunks, after: String::new() };
     let reply = commit_in_order(&shard, commit, previous.as_deref(), &me).await;
+    shard.metrics.observe(H::Commit, durable_at.elapsed());
     me.finish(reply.is_ok());
     let results = match reply {
         Ok(r) => r,
