@@ -110,6 +110,11 @@ pub struct Classic {
     sync_deadline: Option<Instant>,
     /// The membership changed since it was last written.
     dirty: bool,
+    /// The group as of its last completed rebalance (or last time empty): what is stored, as
+    /// Kafka stores a group only when its leader's assignment arrives. A record written in the
+    /// middle of a rebalance would, after a restart, bring the group back "stable" at a
+    /// generation whose assignments were never handed out.
+    settled: Option<ClassicRecord>,
 }
 
 /// A classic group as stored.
@@ -153,7 +158,15 @@ pub struct MemberRecord {
 }
 
 impl Classic {
-    pub fn record(&self) -> Option<ClassicRecord> {
+    /// What to store: the group now if it is settled (stable or empty), else as it last was.
+    pub fn record(&mut self) -> Option<ClassicRecord> {
+        if matches!(self.state, State::Stable | State::Empty) {
+            self.settled = self.snapshot();
+        }
+        self.settled.clone()
+    }
+
+    fn snapshot(&self) -> Option<ClassicRecord> {
         if self.generation == 0 && self.members.is_empty() {
             return None;
         }
@@ -215,6 +228,7 @@ impl Classic {
             );
         }
         self.state = if self.members.is_empty() { State::Empty } else { State::Stable };
+        self.settled = self.snapshot();
     }
 
     /// Whether a member may commit offsets (or 0).

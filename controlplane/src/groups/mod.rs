@@ -171,7 +171,7 @@ impl Group {
         }
     }
 
-    fn record(&self) -> GroupRecord {
+    fn record(&mut self) -> GroupRecord {
         GroupRecord { classic: self.classic.record(), consumer: self.consumer.record() }
     }
 }

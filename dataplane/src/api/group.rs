@@ -11,7 +11,8 @@ use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoord
 use kafka_protocol::messages::{ApiKey, BrokerId};
 use sluice_rpc::{body::Body, forward, KafkaRequest};
 use std::rc::Rc;
-use std::time::Duration;
+use crate::rpc_client::RpcError;
+use std::time::{Duration, Instant};
 
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const INVALID_REQUEST: i16 = 42;
@@ -22,6 +23,8 @@ const KEY_TYPE_GROUP: i8 = 0;
 /// `max.poll.interval.ms`, 5 minutes by default); the coordinator enforces that timeout, this
 /// only bounds a lost answer.
 const LONG_CALL: Duration = Duration::from_secs(30 * 60);
+/// Pause before sending a request again after the control plane connection dropped.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 pub async fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let host = sb(&shard.cfg.advertised_host);
@@ -53,7 +56,18 @@ pub async fn forward(shard: &Rc<Shard>, req: &Request) -> Reply {
         client_id: req.header.client_id.as_deref().unwrap_or("").to_string(),
         client_host: format!("/{}", req.peer_ip),
     };
-    let body = match shard.rpc.call(Body::KafkaRequest(call), timeout).await {
+    // A control plane restart drops requests in flight; each is sent again once the connection
+    // is back (group requests are safe to repeat), so a restart costs members time, not errors
+    // (some clients give up on a partition whose committed offset they could not fetch).
+    let deadline = Instant::now() + timeout;
+    let reply = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match shard.rpc.call(Body::KafkaRequest(call.clone()), left).await {
+            Err(RpcError::Unavailable) if Instant::now() + RETRY_PAUSE < deadline => glommio::timer::sleep(RETRY_PAUSE).await,
+            r => break r,
+        }
+    };
+    let body = match reply {
         Ok(Body::KafkaResponse(r)) => Some(r.body),
         Ok(Body::Failed(f)) => forward::error_response(req.api, req.version, req.body.clone(), f.error as i16),
         _ => forward::error_response(req.api, req.version, req.body.clone(), COORDINATOR_NOT_AVAILABLE),
