@@ -1,18 +1,38 @@
 //! The local-directory object store, on the shard's own io_uring (glommio file I/O).
 //!
-//! A put writes `objects/tmp/<key>`, syncs it, renames it to `objects/wal/<key>` and syncs the
-//! directory, so an object is either wholly there under its final name or absent, across crashes.
+//! Objects live in segments: per-shard files under `objects/seg/`, created at a fixed size and
+//! filled with zeros ahead of need (in the background, then fdatasynced, and the directory
+//! synced). A put writes the object into the next free 4 KiB-aligned range of the current
+//! segment with one DMA write and fdatasyncs. As the range was already allocated and written,
+//! that flush changes no file-system metadata: no inode to create, no journal commit, only the
+//! data reaching the device (about 0.7 ms for 1 MiB on this machine, against 7 ms or more for a
+//! new file per object, which cost ext4 several journal commits). The object's key names its
+//! segment and offset (`seg/<segment>@<offset>`), so a read goes straight to the bytes.
+//!
+//! Nothing reads an object before its commit, which comes after the put, so a range cut short
+//! by a crash is never referenced. A put that finds no segment ready (a burst that outruns the
+//! zero-filling) or an object too large for a segment is written as a file of its own under
+//! `objects/wal/` instead: written to `objects/tmp/`, synced, renamed, directory synced.
 //! Reads are ranged (one chunk of an object at a time).
 
 use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriterBuilder};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Size of a segment.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// DMA alignment of object ranges in a segment.
+const ALIGN: u64 = 4096;
+/// Zeros written per DMA write while preparing a segment.
+const ZERO_STEP: usize = 1 << 20;
 
 /// Creates the store's directories; run once at start-up, before the shards, so a bad data
 /// directory is one clear error.
 pub fn prepare_dirs(data_dir: &Path) -> Result<(), String> {
-    for d in ["objects/wal", "objects/tmp"] {
+    for d in ["objects/wal", "objects/tmp", "objects/seg"] {
         let p = data_dir.join(d);
         std::fs::create_dir_all(&p).map_err(|e| format!("cannot use data directory {}: {e}", data_dir.display()))?;
     }
@@ -24,10 +44,29 @@ pub fn prepare_dirs(data_dir: &Path) -> Result<(), String> {
 
 const PROBE_FILE: &str = "objects/tmp/.iopoll-probe";
 
-/// Objects under `DATA_DIR/objects`.
+/// A segment being filled.
+struct Segment {
+    name: String,
+    file: Rc<DmaFile>,
+    /// Next free (aligned) offset.
+    next: u64,
+}
+
+/// The shard's current segment and the one prepared next.
+#[derive(Default)]
+struct Segments {
+    current: Option<Segment>,
+    spare: Option<Segment>,
+    preparing: bool,
+}
+
+/// Objects under `DATA_DIR/objects`. One per shard.
 pub struct LocalObjectStore {
+    root: PathBuf,
     wal_dir: PathBuf,
     tmp_dir: PathBuf,
+    seg_dir: PathBuf,
+    segments: Rc<RefCell<Segments>>,
 }
 
 impl LocalObjectStore {
@@ -36,7 +75,13 @@ impl LocalObjectStore {
         // Absolute paths: glommio opens directories through io_uring, where a relative path
         // fails with EBADF.
         let root = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        Self { wal_dir: root.join("objects/wal"), tmp_dir: root.join("objects/tmp") }
+        Self {
+            wal_dir: root.join("objects/wal"),
+            tmp_dir: root.join("objects/tmp"),
+            seg_dir: root.join("objects/seg"),
+            root,
+            segments: Rc::default(),
+        }
     }
 
     /// Opens a 4 KiB file of the store with DMA before anything else does. glommio decides once
@@ -44,17 +89,77 @@ impl LocalObjectStore {
     /// there: on an empty file (a fresh WAL object) that read succeeds trivially, polling gets
     /// enabled on a device that cannot poll, and every later DMA read fails with EOPNOTSUPP; on a
     /// write-only file the probe fails with EBADF and logs an error. A real 4 KiB read gives
-    /// the right answer.
+    /// the right answer. Then prepares the first segment.
     pub async fn probe_device(&self) {
-        if let Some(root) = self.tmp_dir.parent().and_then(Path::parent) {
-            if let Ok(f) = DmaFile::open(root.join(PROBE_FILE)).await {
-                let _ = f.close().await;
-            }
+        if let Ok(f) = DmaFile::open(self.root.join(PROBE_FILE)).await {
+            let _ = f.close().await;
         }
+        match prepare_segment(&self.seg_dir).await {
+            Ok(seg) => self.segments.borrow_mut().current = Some(seg),
+            Err(e) => tracing::warn!(error = %e, "cannot prepare a segment; objects are written as files"),
+        }
+        self.refill();
     }
 
-    /// Durably stores `data` under `key`.
-    pub async fn put(&self, key: &str, data: &[u8]) -> std::io::Result<()> {
+    /// Starts preparing the next segment unless one is ready or on its way.
+    fn refill(&self) {
+        let mut segs = self.segments.borrow_mut();
+        if segs.spare.is_some() || segs.preparing {
+            return;
+        }
+        segs.preparing = true;
+        let (dir, slot) = (self.seg_dir.clone(), self.segments.clone());
+        glommio::spawn_local(async move {
+            let seg = prepare_segment(&dir).await;
+            let mut segs = slot.borrow_mut();
+            segs.preparing = false;
+            match seg {
+                Ok(seg) => segs.spare = Some(seg),
+                Err(e) => tracing::warn!(error = %e, "cannot prepare a segment"),
+            }
+        })
+        .detach();
+    }
+
+    /// Reserves an aligned range of `len` bytes in the current segment (moving to the spare
+    /// when it is full): the segment's file, name and offset.
+    fn reserve(&self, len: u64) -> Option<(Rc<DmaFile>, String, u64)> {
+        let mut segs = self.segments.borrow_mut();
+        let fits = |s: &Segment| s.next + len <= SEGMENT_BYTES;
+        if !segs.current.as_ref().is_some_and(fits) {
+            let spare = segs.spare.take()?;
+            segs.current = Some(spare);
+            drop(segs);
+            self.refill();
+            segs = self.segments.borrow_mut();
+        }
+        let seg = segs.current.as_mut()?;
+        let at = seg.next;
+        seg.next += len;
+        Some((seg.file.clone(), seg.name.clone(), at))
+    }
+
+    /// Durably stores `data`; returns its key. `fallback_key` names it if it has to be written
+    /// as a file of its own.
+    pub async fn put(&self, fallback_key: &str, data: &[u8]) -> std::io::Result<String> {
+        let aligned = (data.len() as u64).div_ceil(ALIGN) * ALIGN;
+        if aligned <= SEGMENT_BYTES / 4 {
+            if let Some((file, name, at)) = self.reserve(aligned) {
+                let mut buf = file.alloc_dma_buffer(aligned as usize);
+                let bytes = buf.as_bytes_mut();
+                bytes[..data.len()].copy_from_slice(data);
+                bytes[data.len()..].fill(0);
+                file.write_at(buf, at).await?;
+                file.fdatasync().await?;
+                return Ok(format!("seg/{name}@{at}"));
+            }
+        }
+        self.put_file(fallback_key, data).await?;
+        Ok(fallback_key.to_string())
+    }
+
+    /// Stores an object as a file of its own: temporary name, sync, rename, directory sync.
+    async fn put_file(&self, key: &str, data: &[u8]) -> std::io::Result<()> {
         let tmp = self.tmp_dir.join(key);
         let file = DmaFile::create(&tmp).await?;
         let mut w = DmaStreamWriterBuilder::new(file).with_buffer_size(512 << 10).with_write_behind(4).build();
@@ -62,16 +167,20 @@ impl LocalObjectStore {
         // close() flushes, truncates the aligned tail to the real length and fdatasyncs.
         w.close().await?;
         glommio::io::rename(&tmp, self.wal_dir.join(key)).await?;
-        let dir = glommio::io::Directory::open(&self.wal_dir).await?;
-        dir.sync().await?;
-        dir.close().await?;
-        Ok(())
+        sync_dir(&self.wal_dir).await
     }
 
     /// Reads `len` bytes at `pos` of object `key` into a buffer the caller may patch in place.
     pub async fn get_range(&self, key: &str, pos: u64, len: usize) -> std::io::Result<BytesMut> {
-        let file = DmaFile::open(self.wal_dir.join(key)).await?;
-        let result = file.read_at(pos, len).await;
+        let (path, base) = match key.strip_prefix("seg/").and_then(|k| k.rsplit_once('@')) {
+            Some((name, at)) => {
+                let at: u64 = at.parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad object key {key}")))?;
+                (self.seg_dir.join(name), at)
+            }
+            None => (self.wal_dir.join(key), 0),
+        };
+        let file = DmaFile::open(path).await?;
+        let result = file.read_at(base + pos, len).await;
         let _ = file.close().await;
         let buf = result?;
         if buf.len() != len {
@@ -81,5 +190,85 @@ impl LocalObjectStore {
             ));
         }
         Ok(BytesMut::from(&buf[..]))
+    }
+}
+
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let d = glommio::io::Directory::open(dir).await?;
+    d.sync().await?;
+    d.close().await?;
+    Ok(())
+}
+
+/// Creates a segment full of zeros, durable with its directory entry.
+async fn prepare_segment(dir: &Path) -> std::io::Result<Segment> {
+    let name = format!("{:032x}.seg", uuid::Uuid::new_v4().as_u128());
+    let file = DmaFile::create(dir.join(&name)).await?;
+    let mut at = 0u64;
+    while at < SEGMENT_BYTES {
+        let mut buf = file.alloc_dma_buffer(ZERO_STEP);
+        buf.as_bytes_mut().fill(0);
+        file.write_at(buf, at).await?;
+        at += ZERO_STEP as u64;
+    }
+    file.fdatasync().await?;
+    sync_dir(dir).await?;
+    Ok(Segment { name, file: Rc::new(file), next: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        glommio::LocalExecutorBuilder::default().io_memory(1 << 20).spawn(move || async move { f().await }).expect("executor").join().expect("join");
+    }
+
+    fn object(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| ((i * 31 + j * 7) % 251) as u8).collect()
+    }
+
+    #[test]
+    fn objects_go_to_segments_and_read_back_across_a_rollover() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            prepare_dirs(&path).expect("dirs");
+            let store = LocalObjectStore::new(&path);
+            store.probe_device().await;
+            // 80 objects of 1 MiB + a bit: more than one 64 MiB segment.
+            let mut keys = Vec::new();
+            for i in 0..80 {
+                let data = object(i, (1 << 20) + 123 * i);
+                let key = store.put(&format!("fallback-{i}"), &data).await.expect("put");
+                keys.push((key, data));
+            }
+            assert!(keys[0].0.starts_with("seg/"), "first object in a segment: {}", keys[0].0);
+            let segments: std::collections::BTreeSet<&str> = keys.iter().filter_map(|(k, _)| k.strip_prefix("seg/")?.split('@').next()).collect();
+            assert!(segments.len() >= 2 || keys.iter().any(|(k, _)| !k.starts_with("seg/")), "rolled over to a second segment or fell back to files");
+            for (key, data) in &keys {
+                assert_eq!(&store.get_range(key, 0, data.len()).await.expect("read")[..], &data[..], "{key}");
+                assert_eq!(&store.get_range(key, 1000, 500).await.expect("ranged read")[..], &data[1000..1500], "{key}");
+            }
+        });
+    }
+
+    #[test]
+    fn an_object_too_large_for_a_segment_is_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            prepare_dirs(&path).expect("dirs");
+            let store = LocalObjectStore::new(&path);
+            store.probe_device().await;
+            let data = object(7, (SEGMENT_BYTES / 4 + 1) as usize);
+            let key = store.put("big.wal", &data).await.expect("put");
+            assert_eq!(key, "big.wal");
+            assert!(path.join("objects/wal/big.wal").exists());
+            let tail = data.len() - 4096;
+            assert_eq!(&store.get_range(&key, tail as u64, 4096).await.expect("read")[..], &data[tail..]);
+            assert!(store.get_range("seg/nonexistent.seg@0", 0, 10).await.is_err());
+            assert!(store.get_range("seg/x.seg@notanumber", 0, 10).await.is_err());
+        });
     }
 }

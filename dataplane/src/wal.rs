@@ -42,7 +42,8 @@ struct Pending {
 /// object as the one it must follow (`CommitWal::after`), which the control plane checks; if
 /// anything goes wrong it falls back to waiting until this one is `done`.
 struct Ticket {
-    key: String,
+    /// The object's key, known once it is stored.
+    key: RefCell<String>,
     sent: Cell<Option<u64>>,
     /// `Some(true)` committed, `Some(false)` given up (its produces got errors).
     done: Cell<Option<bool>>,
@@ -51,7 +52,7 @@ struct Ticket {
 
 impl Ticket {
     fn new(key: String) -> Rc<Self> {
-        Rc::new(Ticket { key, sent: Cell::new(None), done: Cell::new(None), changed: Notify::default() })
+        Rc::new(Ticket { key: RefCell::new(key), sent: Cell::new(None), done: Cell::new(None), changed: Notify::default() })
     }
 
     async fn wait(&self, ready: impl Fn(&Self) -> bool) {
@@ -205,7 +206,7 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, object_i
     }
     // Chunks are in stream order; within a stream, appends keep their arrival order.
     batch.sort_by_key(|p| p.req.stream);
-    let key = me.key.clone();
+    let key = me.key.borrow().clone();
     let mut builder = ObjectBuilder::new(object_id, now_ms(), bytes);
     let mut chunks: Vec<CommitChunk> = Vec::new();
     // Position of each append's first byte in the object.
@@ -245,22 +246,26 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, object_i
     let written = shard.store.put(&key, &object).await;
     let durable_at = Instant::now();
     shard.metrics.observe(H::Put, durable_at - put_at);
-    if written.is_ok() {
-        shard.metrics.add(M::WalObjects, 1);
-        shard.metrics.add(M::WalObjectBytes, object.len() as u64);
-    }
-    if let Err(e) = written {
-        tracing::error!(object = %key, error = %e, "WAL object write failed");
-        // Stand in line anyway: the object after this one must still follow the one before.
-        if let Some(p) = &previous {
-            p.wait(|t| t.done.get().is_some()).await;
+    let key = match written {
+        Ok(k) => {
+            shard.metrics.add(M::WalObjects, 1);
+            shard.metrics.add(M::WalObjectBytes, object.len() as u64);
+            *me.key.borrow_mut() = k.clone();
+            k
         }
-        me.finish(false);
-        for p in batch {
-            let _ = p.reply.send(Err(code::KAFKA_STORAGE_ERROR));
+        Err(e) => {
+            tracing::error!(object = %key, error = %e, "WAL object write failed");
+            // Stand in line anyway: the object after this one must still follow the one before.
+            if let Some(p) = &previous {
+                p.wait(|t| t.done.get().is_some()).await;
+            }
+            me.finish(false);
+            for p in batch {
+                let _ = p.reply.send(Err(code::KAFKA_STORAGE_ERROR));
+            }
+            return;
         }
-        return;
-    }
+    };
     let commit = CommitWal { object_key: key.clone(), object_size: object.len() as u64, chunks, after: String::new() };
     let reply = commit_in_order(&shard, commit, previous.as_deref(), &me).await;
     shard.metrics.observe(H::Commit, durable_at.elapsed());
@@ -350,7 +355,7 @@ async fn commit_in_order(shard: &Shard, mut commit: CommitWal, prev: Option<&Tic
     }
     let generation = match prev {
         Some(p) if p.done.get().is_none() => {
-            commit.after = p.key.clone();
+            commit.after = p.key.borrow().clone();
             p.sent.get()
         }
         _ => shard.rpc.generation(),
