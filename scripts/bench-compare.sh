@@ -24,6 +24,14 @@ stop_all() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     pids=()
+    # A killed data plane's io_uring lets go of its listeners a little later; the next start
+    # must not mistake a lingering listener for its own.
+    for port in $KPORT $DMPORT $TPORT; do
+        for _ in $(seq 1 100); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+            sleep 0.1
+        done
+    done
 }
 trap stop_all EXIT
 
