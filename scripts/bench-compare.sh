@@ -20,10 +20,14 @@ BENCH="$BIN/sluice-bench"
 KPORT=29092 RPORT=29093 DMPORT=29094 CMPORT=29095 TPORT=29192 S3PORT=29100
 
 pids=()
+data_dirs=()
 stop_all() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     pids=()
+    # Each run writes gigabytes; keep none of it.
+    for d in "${data_dirs[@]}"; do rm -rf "$d"; done
+    data_dirs=()
     # A killed data plane's io_uring lets go of its listeners a little later; the next start
     # must not mistake a lingering listener for its own.
     for port in $KPORT $DMPORT $TPORT; do
@@ -49,6 +53,7 @@ start_sluice() { # start_sluice CORES [extra data plane flags...]
     shift
     local data
     data="$(mktemp -d /tmp/sluice-bench-data.XXXXXX)"
+    data_dirs+=("$data")
     "$BIN/sluice-controlplane" --data-dir "$data" --rpc-listen "127.0.0.1:$RPORT" \
         --metrics-listen "127.0.0.1:$CMPORT" >"$OUT/sluice-controlplane.log" 2>&1 &
     pids+=($!)
