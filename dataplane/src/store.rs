@@ -226,8 +226,21 @@ async fn prepare_segment(dir: &Path) -> std::io::Result<Segment> {
 mod tests {
     use super::*;
 
-    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-        glommio::LocalExecutorBuilder::default().io_memory(1 << 20).spawn(move || async move { f().await }).expect("executor").join().expect("join");
+    /// Runs `test` on a glommio executor with a fresh store in a temporary data directory.
+    fn with_store<F: std::future::Future<Output = ()> + 'static>(test: impl FnOnce(LocalObjectStore, PathBuf) -> F + Send + 'static) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                prepare_dirs(&path).expect("dirs");
+                let store = LocalObjectStore::new(&path);
+                store.probe_device().await;
+                test(store, path).await
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
     }
 
     fn object(i: usize, len: usize) -> Vec<u8> {
@@ -236,12 +249,7 @@ mod tests {
 
     #[test]
     fn objects_go_to_segments_and_read_back_across_a_rollover() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().to_path_buf();
-        run(move || async move {
-            prepare_dirs(&path).expect("dirs");
-            let store = LocalObjectStore::new(&path);
-            store.probe_device().await;
+        with_store(|store, _| async move {
             // Objects of 1 MiB and a bit, until two segments have been used: the first objects
             // are files (no segment is ready yet), then segments, rolling over to the next.
             let mut keys = Vec::new();
@@ -267,12 +275,7 @@ mod tests {
 
     #[test]
     fn an_object_too_large_for_a_segment_is_a_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().to_path_buf();
-        run(move || async move {
-            prepare_dirs(&path).expect("dirs");
-            let store = LocalObjectStore::new(&path);
-            store.probe_device().await;
+        with_store(|store, path| async move {
             let data = object(7, (SEGMENT_BYTES / 2 + 1) as usize);
             let key = store.put("big.wal", &data).await.expect("put");
             assert_eq!(key, "big.wal");
