@@ -511,3 +511,22 @@ def test_members_on_different_data_planes(sluice, second_dataplane, tmp_path, wo
     assert_no_redelivery_after_commit(members)
     marks = watermarks(sluice.bootstrap, topic, PARTITIONS)
     assert committed_offsets(second_dataplane, group, topic) == {p: marks[p][1] for p in range(PARTITIONS)}
+
+
+def test_deleting_a_topic_forgets_its_committed_offsets(sluice):
+    bs = sluice.bootstrap
+    topic, group = unique("gone"), unique("g")
+    create_topic(bs, topic, 2)
+    produce_values(bs, topic, 0, 10, partitions=2)
+    c = consumer(bs, **{"group.id": group})
+    c.commit(offsets=[TopicPartition(topic, 0, 4), TopicPartition(topic, 1, 2)], asynchronous=False)
+    c.close()
+    assert committed_offsets(bs, group, topic, n=2) == {0: 4, 1: 2}
+
+    a = admin(bs)
+    a.delete_topics([topic], request_timeout=15)[topic].result()
+    create_topic(bs, topic, 2)
+    # A topic created again under the name starts with no committed offsets, across restarts too.
+    assert committed_offsets(bs, group, topic, n=2) == {0: -1001, 1: -1001}
+    sluice.restart_all()
+    assert committed_offsets(bs, group, topic, n=2) == {0: -1001, 1: -1001}

@@ -96,9 +96,9 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
                 });
             }
             Some(body) => {
-                let (ctl, out_tx) = (ctl.clone(), out_tx.clone());
+                let (ctl, groups, out_tx) = (ctl.clone(), groups.clone(), out_tx.clone());
                 tokio::spawn(async move {
-                    let reply = handle(&ctl, body).await;
+                    let reply = handle(&ctl, &groups, body).await;
                     send(&out_tx, id, reply).await;
                 });
             }
@@ -153,7 +153,7 @@ async fn register<M: MetaStore + Clone>(ctl: &Controller<M>, r: Register, sessio
     Body::Registered(Registered { epoch: ctl.shared.epoch, cluster_id: ctl.shared.cluster_id.clone(), topics, controller_id: r.node_id, marks })
 }
 
-async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, body: Body) -> Body {
+async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<M>, body: Body) -> Body {
     match body {
         Body::Ping(_) => Body::Pong(Ping {}),
         Body::Lookup(l) => {
@@ -186,7 +186,12 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, body: Body) -> Body {
             Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
         },
         Body::CreateTopics(c) => Body::AdminReply(ctl.create_topics(c.topics, c.validate_only).await),
-        Body::DeleteTopics(d) => Body::AdminReply(ctl.delete_topics(d.names).await),
+        Body::DeleteTopics(d) => {
+            let reply = ctl.delete_topics(d.names).await;
+            let deleted: Vec<String> = reply.results.iter().filter(|r| r.error == 0).map(|r| r.name.clone()).collect();
+            groups.forget_topics(&deleted).await;
+            Body::AdminReply(reply)
+        }
         Body::CreatePartitions(c) => {
             let incs = c.topics.into_iter().map(|p| (p.name, p.count)).collect();
             Body::AdminReply(ctl.create_partitions(incs, c.validate_only).await)

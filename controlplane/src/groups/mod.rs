@@ -322,6 +322,33 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             .collect()
     }
 
+    /// Forgets every group's committed offsets on deleted topics, as Kafka does, so a topic
+    /// created again under the same name starts with none.
+    pub async fn forget_topics(&self, names: &[String]) {
+        for g in self.all_groups() {
+            let mut g = g.lock().await;
+            let gone: Vec<String> = names.iter().filter(|n| g.offsets.contains_key(*n)).cloned().collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let ops = gone
+                .iter()
+                .map(|t| {
+                    let (a, b) = keys::group_topic_offsets(&g.id, t);
+                    Op::DeleteRange(a, b)
+                })
+                .collect();
+            match self.shared.store.txn(vec![], ops).await {
+                Ok(_) => {
+                    for t in &gone {
+                        g.offsets.remove(t);
+                    }
+                }
+                Err(e) => tracing::warn!(group = %g.id, error = %e, "cannot forget offsets of deleted topics"),
+            }
+        }
+    }
+
     /// Committed offset and high watermark of every partition of every group with offsets
     /// (for the lag metrics).
     pub async fn lag(&self) -> Vec<(String, String, i32, i64, i64)> {

@@ -176,6 +176,11 @@ pub mod keys {
     pub fn group_offset(group: &str, topic: &str, partition: i32) -> String {
         format!("{ROOT}groups/{}/offsets/{topic}/{partition:010}", escape(group))
     }
+    /// Every committed offset of one group on one topic.
+    pub fn group_topic_offsets(group: &str, topic: &str) -> (String, String) {
+        let g = escape(group);
+        (format!("{ROOT}groups/{g}/offsets/{topic}/"), format!("{ROOT}groups/{g}/offsets/{topic}0"))
+    }
     /// Every key of one group.
     pub fn group_all(group: &str) -> (String, String) {
         let g = escape(group);
