@@ -104,15 +104,25 @@ async fn read_all(shard: &Rc<Shard>, wants: &[Want], max_bytes: usize) -> Vec<(i
     reads
         .into_iter()
         .map(|(error, batches, marks)| {
-            let mut buf = BytesMut::new();
+            let mut taken = Vec::with_capacity(batches.len());
             for b in batches {
                 if used > 0 && used + b.len() > max_bytes {
                     break;
                 }
                 used += b.len();
-                buf.extend_from_slice(&b);
+                taken.push(b);
             }
-            (error, buf.freeze(), marks)
+            // One batch is handed on as it is; several are joined into one buffer sized once.
+            let data = if taken.len() == 1 {
+                taken.pop().unwrap_or_default()
+            } else {
+                let mut buf = BytesMut::with_capacity(taken.iter().map(Bytes::len).sum());
+                for b in &taken {
+                    buf.extend_from_slice(b);
+                }
+                buf.freeze()
+            };
+            (error, data, marks)
         })
         .collect()
 }

@@ -110,19 +110,25 @@ pub fn parse(mut frame: Bytes) -> Result<Request, ParseError> {
 
 /// Encodes a response frame: size, header, body.
 pub fn encode<R: Encodable>(req: &Request, version: i16, resp: &R) -> Reply {
-    frame(req, version, |buf| resp.encode(buf, version))
+    // Sized up front: a fetch response carries megabytes of records, and growing the buffer
+    // as they are appended copied them several times over.
+    let size = resp.compute_size(version).unwrap_or(0);
+    frame(req, version, size, |buf| resp.encode(buf, version))
 }
 
 /// Frames a response body that is already encoded (at the request's version).
 pub fn frame_body(req: &Request, body: &[u8]) -> Reply {
-    frame(req, req.version, |buf| {
+    frame(req, req.version, body.len(), |buf| {
         buf.put_slice(body);
         Ok(())
     })
 }
 
-fn frame(req: &Request, version: i16, body: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>) -> Reply {
-    let mut buf = BytesMut::with_capacity(256);
+/// Header room in a response frame: size, correlation id, tagged fields.
+const HEADER_ROOM: usize = 16;
+
+fn frame(req: &Request, version: i16, body_size: usize, body: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>) -> Reply {
+    let mut buf = BytesMut::with_capacity(HEADER_ROOM + body_size);
     buf.put_u32(0);
     let header = ResponseHeader::default().with_correlation_id(req.header.correlation_id);
     let header_version = req.api.response_header_version(version);
