@@ -375,19 +375,27 @@ def test_control_plane_restart_mid_rebalance(sluice, tmp_path, workers, protocol
 
 
 @pytest.mark.sluice(controlplane_args=GROUP_ARGS)
-def test_static_member_returns_without_a_rebalance(sluice, tmp_path, workers):
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_static_member_returns_without_a_rebalance(sluice, tmp_path, workers, protocol):
+    """A static member's process goes away and a new one comes back under its instance id
+    (classic: SIGKILL, within its 30 s session; KIP-848: a clean close, which leaves with epoch
+    -2, back within the coordinator's 6 s session): it gets its partitions back, and the other
+    member is never asked to give anything up."""
     bs = sluice.bootstrap
     topic, group = unique("static"), unique("g")
     create_topic(bs, topic, 4)
-    static = ["session.timeout.ms=30000"]
-    members = [Worker(tmp_path, f"m{i}", "confluent", "classic", bs, group, topic, extra=static + [f"group.instance.id=i{i}"])
+    static = ["session.timeout.ms=30000"] if protocol == "classic" else []
+    members = [Worker(tmp_path, f"m{i}", "confluent", protocol, bs, group, topic, extra=static + [f"group.instance.id=i{i}"])
                for i in range(2)]
     workers.extend(members)
     wait_for_split(members, topic, n=4)
     before = members[0].owned()
     mark = len(members[1].events())
-    members[0].kill()
-    back = Worker(tmp_path, "m0-again", "confluent", "classic", bs, group, topic, extra=static + ["group.instance.id=i0"])
+    if protocol == "classic":
+        members[0].kill()
+    else:
+        members[0].stop()
+    back = Worker(tmp_path, "m0-again", "confluent", protocol, bs, group, topic, extra=static + ["group.instance.id=i0"])
     workers.append(back)
     wait_until(lambda: back.owned() == before, 60, interval=0.2, what="the restarted static member's old partitions")
     # The other member was never asked to give anything up.

@@ -105,9 +105,11 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                         let (a, b) = keys::group_all(&id);
                         match self.shared.store.txn(vec![], vec![Op::DeleteRange(a, b)]).await {
                             Ok(_) => {
+                                // Emptied in place rather than dropped from the map: a request
+                                // already waiting for this group's lock then sees an empty
+                                // group, not an orphan. The sweeper forgets it once unused.
                                 *g = Default::default();
                                 g.id = id.to_string();
-                                self.groups.lock().expect("poisoned").remove(id.as_str());
                                 0
                             }
                             Err(e) => {

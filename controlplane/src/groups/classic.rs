@@ -487,7 +487,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 sync: None,
             };
             let joined = if member_id.is_empty() {
-                if c.members.len() >= self.cfg.max_size {
+                let returning = instance_id.as_ref().is_some_and(|i| c.static_ids.contains_key(i));
+                if c.members.len() >= self.cfg.max_size && !returning {
                     return fail(GROUP_MAX_SIZE_REACHED);
                 }
                 let known_static = instance_id.as_ref().and_then(|i| c.static_ids.get(i).cloned());
@@ -742,7 +743,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             };
             let code = match id {
                 Ok(id) => {
-                    removed |= c.remove_member(&id, err::UNKNOWN_MEMBER_ID);
+                    // A member that never finished joining leaving changes no assignment.
+                    if c.pending.remove(&id).is_none() {
+                        removed |= c.remove_member(&id, err::UNKNOWN_MEMBER_ID);
+                    }
                     0
                 }
                 Err(code) => code,
@@ -754,13 +758,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     .with_error_code(code),
             );
         }
-        if removed {
-            match c.state {
-                State::Stable | State::CompletingRebalance => c.prepare_rebalance(now, Duration::ZERO),
-                _ => {}
-            }
-            c.maybe_complete_join(now, false);
+        if removed && matches!(c.state, State::Stable | State::CompletingRebalance) {
+            c.prepare_rebalance(now, Duration::ZERO);
         }
+        c.maybe_complete_join(now, false);
         self.save_classic(&mut g).await;
         if version >= 3 {
             LeaveGroupResponse::default().with_members(results)

@@ -160,6 +160,8 @@ pub struct MemberRecord {
     pub target: Vec<PartsRecord>,
     #[prost(string, optional, tag = "13")]
     pub rack_id: Option<String>,
+    #[prost(int32, tag = "14")]
+    pub previous_epoch: i32,
 }
 
 /// Partitions of one topic, as stored.
@@ -238,6 +240,7 @@ impl Consumer {
                 revoking: to_records(&m.revoking),
                 target: self.target.get(&m.id).map(to_records).unwrap_or_default(),
                 rack_id: m.rack_id.clone(),
+                previous_epoch: m.previous_epoch,
             })
             .collect();
         Some(ConsumerRecord { group_epoch: self.group_epoch, assignment_epoch: self.assignment_epoch, members })
@@ -250,6 +253,7 @@ impl Consumer {
         self.assignment_epoch = r.assignment_epoch;
         for m in r.members {
             let revoking = from_records(m.revoking);
+            let still_revoking = !revoking.is_empty();
             self.target.insert(m.id.clone(), from_records(m.target));
             let member = Member {
                 id: m.id.clone(),
@@ -258,7 +262,7 @@ impl Consumer {
                 client_id: m.client_id,
                 client_host: m.client_host,
                 epoch: m.epoch,
-                previous_epoch: m.epoch,
+                previous_epoch: m.previous_epoch,
                 state: if revoking.is_empty() { MemberState::Stable } else { MemberState::Unrevoked },
                 subscribed: m.subscribed,
                 compiled: m.regex.as_deref().and_then(compile),
@@ -268,12 +272,19 @@ impl Consumer {
                 assigned: from_records(m.assigned),
                 revoking,
                 deadline: now + cfg.consumer_session_timeout,
-                revoke_deadline: None,
+                // A member still revoking gets its rebalance timeout again to finish.
+                revoke_deadline: still_revoking.then(|| now + Duration::from_millis(m.rebalance_timeout_ms)),
                 sent: None,
                 away: false,
             };
             self.members.insert(m.id, member);
         }
+    }
+
+    /// Recomputes the subscribed topics after a restart without bumping the group epoch: the
+    /// target assignment stored with the group was computed from them.
+    pub fn resync_topics(&mut self, topics: &BTreeMap<String, ([u8; 16], i32)>) {
+        self.topics_seen = topics.iter().filter(|(name, _)| self.members.values().any(|m| m.matches(name))).map(|(n, v)| (n.clone(), *v)).collect();
     }
 
     pub fn state_name(&self) -> &'static str {
@@ -531,10 +542,13 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             self.save_consumer(&mut g).await;
             return resp;
         } else if epoch == 0 {
-            if c.members.len() >= self.cfg.max_size && !c.members.contains_key(req.member_id.as_str()) {
+            let returning = req.instance_id.as_deref().is_some_and(|i| c.members.values().any(|o| o.instance_id.as_deref() == Some(i)));
+            if c.members.len() >= self.cfg.max_size && !c.members.contains_key(req.member_id.as_str()) && !returning {
                 return fail(81, "The consumer group has reached its maximum size.");
             }
             let id = if req.member_id.is_empty() { new_member_id(&client.id) } else { req.member_id.to_string() };
+            // Rejoining with epoch 0 means it lost its partitions: they are free again.
+            c.remove(&id);
             let mut m = Member::new(id.clone(), now + session);
             let mut took_over = false;
             if let Some(inst) = req.instance_id.as_deref() {
@@ -557,8 +571,6 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     took_over = true;
                 }
             }
-            // Rejoining with epoch 0 means it lost its partitions: they are free again.
-            c.remove(&id);
             c.members.insert(id.clone(), m);
             // A static member taking over its old identity changes nothing for the others.
             membership_changed = !took_over;
@@ -583,6 +595,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         };
         let m = c.members.get_mut(&member_id).expect("member present");
         m.deadline = now + session;
+        m.away = false;
         m.client_id = client.id.clone();
         m.client_host = client.host.clone();
         if let Some(i) = &req.instance_id {

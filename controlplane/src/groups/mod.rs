@@ -209,6 +209,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         if !groups.is_empty() {
             tracing::info!(groups = groups.len(), "groups loaded");
         }
+        let topics = topic_table(&shared);
+        for g in groups.values_mut() {
+            g.consumer.resync_topics(&topics);
+        }
         let me = Arc::new(Self {
             shared,
             cfg,
@@ -309,17 +313,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
 
     /// Topic metadata for assignment and validation: name to (topic id, partition count).
     fn topics(&self) -> BTreeMap<String, ([u8; 16], i32)> {
-        let topics = self.shared.topics.read().expect("poisoned");
-        topics
-            .iter()
-            .map(|(name, t)| {
-                let mut id = [0u8; 16];
-                if t.topic_id.len() == 16 {
-                    id.copy_from_slice(&t.topic_id);
-                }
-                (name.clone(), (id, t.streams.len() as i32))
-            })
-            .collect()
+        topic_table(&self.shared)
     }
 
     /// Forgets every group's committed offsets on deleted topics, as Kafka does, so a topic
@@ -370,6 +364,20 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         out.sort();
         out
     }
+}
+
+fn topic_table<M>(shared: &Shared<M>) -> BTreeMap<String, ([u8; 16], i32)> {
+    let topics = shared.topics.read().expect("poisoned");
+    topics
+        .iter()
+        .map(|(name, t)| {
+            let mut id = [0u8; 16];
+            if t.topic_id.len() == 16 {
+                id.copy_from_slice(&t.topic_id);
+            }
+            (name.clone(), (id, t.streams.len() as i32))
+        })
+        .collect()
 }
 
 /// Who sent a request.

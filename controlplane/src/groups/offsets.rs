@@ -44,7 +44,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         } else {
             match self.existing(&group_id) {
                 Some(g) => g,
-                None => return answer(&|_, _| err::ILLEGAL_GENERATION),
+                // Kafka answers GROUP_ID_NOT_FOUND from v9 on, ILLEGAL_GENERATION before.
+                None => return answer(&|_, _| if version >= 9 { err::GROUP_ID_NOT_FOUND } else { err::ILLEGAL_GENERATION }),
             }
         };
         let mut g = g.lock().await;
