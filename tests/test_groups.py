@@ -144,6 +144,15 @@ def committed_offsets(bootstrap, group, topic, n=PARTITIONS):
         c.close()
 
 
+def commit(bootstrap, group, offsets):
+    """Commits offsets for a group from outside it, as an admin tool does."""
+    c = consumer(bootstrap, **{"group.id": group})
+    try:
+        c.commit(offsets=offsets, asynchronous=False)
+    finally:
+        c.close()
+
+
 def assert_no_redelivery_after_commit(members):
     """No record is consumed after a commit that covered it returned (at-least-once, with
     duplicates only for records not yet committed)."""
@@ -267,10 +276,7 @@ def test_offsets_and_groups_survive_restarting_every_process(sluice):
     topic, group = unique("off"), unique("g")
     create_topic(bs, topic, 3)
     produce_values(bs, topic, 0, 30, partitions=3)
-    c = consumer(bs, **{"group.id": group})
-    c.commit(offsets=[TopicPartition(topic, 0, 4, metadata="meta-0"), TopicPartition(topic, 1, 7, metadata="")],
-             asynchronous=False)
-    c.close()
+    commit(bs, group, [TopicPartition(topic, 0, 4, metadata="meta-0"), TopicPartition(topic, 1, 7, metadata="")])
 
     sluice.restart_all()
 
@@ -301,9 +307,7 @@ def test_admin_list_describe_delete(sluice, tmp_path, workers):
     workers.extend([w, k])
     for m in (w, k):
         wait_until(lambda: m.owned() == all_partitions(topic, 2), 60, interval=0.2, what=f"{m.name}'s assignment")
-    c = consumer(bs, **{"group.id": idle})
-    c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
-    c.close()
+    commit(bs, idle, [TopicPartition(topic, 0, 1)])
 
     a = admin(bs)
     stable = a.list_consumer_groups(states={ConsumerGroupState.STABLE}, request_timeout=15).result()
@@ -428,10 +432,7 @@ def test_offset_fetch_batched_and_offset_delete(sluice, tmp_path, workers):
     produce_values(bs, topic, 0, 10, partitions=2)
     g1, g2, live = unique("g1"), unique("g2"), unique("live")
     for g, offset in ((g1, 3), (g2, 5)):
-        c = consumer(bs, **{"group.id": g})
-        c.commit(offsets=[TopicPartition(topic, 0, offset, metadata=f"m{offset}"), TopicPartition(topic, 1, 1)],
-                 asynchronous=False)
-        c.close()
+        commit(bs, g, [TopicPartition(topic, 0, offset, metadata=f"m{offset}"), TopicPartition(topic, 1, 1)])
     import kafka_wire as kw
     with kw.KafkaConnection(bs) as conn:
         got = kw.offset_fetch_v8(conn, [g1, g2, unique("nobody")])
@@ -460,9 +461,7 @@ def test_consumer_lag_command_and_metrics(sluice_factory):
     topic, group = unique("lag"), unique("g")
     create_topic(bs, topic, 2)
     produce_values(bs, topic, 0, 10, partitions=2)
-    c = consumer(bs, **{"group.id": group})
-    c.commit(offsets=[TopicPartition(topic, 0, 3), TopicPartition(topic, 1, 1)], asynchronous=False)
-    c.close()
+    commit(bs, group, [TopicPartition(topic, 0, 3), TopicPartition(topic, 1, 1)])
 
     script = Path(__file__).parent.parent / "scripts" / "consumer-groups.py"
     out = subprocess.run([sys.executable, str(script), "--bootstrap", bs, group], capture_output=True, text=True,
@@ -526,9 +525,7 @@ def test_deleting_a_topic_forgets_its_committed_offsets(sluice):
     topic, group = unique("gone"), unique("g")
     create_topic(bs, topic, 2)
     produce_values(bs, topic, 0, 10, partitions=2)
-    c = consumer(bs, **{"group.id": group})
-    c.commit(offsets=[TopicPartition(topic, 0, 4), TopicPartition(topic, 1, 2)], asynchronous=False)
-    c.close()
+    commit(bs, group, [TopicPartition(topic, 0, 4), TopicPartition(topic, 1, 2)])
     assert committed_offsets(bs, group, topic, n=2) == {0: 4, 1: 2}
 
     a = admin(bs)
