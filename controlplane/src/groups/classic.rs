@@ -159,11 +159,18 @@ pub struct MemberRecord {
 
 impl Classic {
     /// What to store: the group now if it is settled (stable or empty), else as it last was.
-    pub fn record(&mut self) -> Option<ClassicRecord> {
+    /// It becomes the settled record once written ([`Classic::written`]).
+    pub fn record(&self) -> Option<ClassicRecord> {
         if matches!(self.state, State::Stable | State::Empty) {
-            self.settled = self.snapshot();
+            self.snapshot()
+        } else {
+            self.settled.clone()
         }
-        self.settled.clone()
+    }
+
+    /// Notes that `record` is what the store now holds.
+    pub fn written(&mut self, record: Option<ClassicRecord>) {
+        self.settled = record;
     }
 
     fn snapshot(&self) -> Option<ClassicRecord> {
@@ -514,8 +521,14 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                         m.join = None;
                         c.members.insert(new_id.clone(), m);
                         c.dirty = true;
-                        let leader_seen = if was_leader { old_id.clone() } else { c.leader.clone().unwrap_or_default() };
-                        Joined::Now(c.current(&new_id).with_leader(sb(&leader_seen)).with_members(Vec::new()))
+                        if was_leader && version >= 9 {
+                            // KIP-814: the returning leader learns it leads (and can watch
+                            // metadata for the group) but must not reassign a stable group.
+                            Joined::Now(c.current(&new_id).with_skip_assignment(true))
+                        } else {
+                            let leader_seen = if was_leader { old_id.clone() } else { c.leader.clone().unwrap_or_default() };
+                            Joined::Now(c.current(&new_id).with_leader(sb(&leader_seen)).with_members(Vec::new()))
+                        }
                     } else {
                         c.members.insert(new_id, m);
                         if c.state != State::PreparingRebalance {

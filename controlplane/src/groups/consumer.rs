@@ -580,6 +580,12 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             let Some(m) = c.members.get(&id) else {
                 return fail(err::UNKNOWN_MEMBER_ID, &format!("Member {id} is not a member of group {group_id}."));
             };
+            if let Some(inst) = req.instance_id.as_deref() {
+                // An instance id names one member: another process using it is fenced.
+                if c.members.values().any(|o| o.id != id && o.instance_id.as_deref() == Some(inst)) || m.instance_id.as_deref().is_some_and(|mine| mine != inst) {
+                    return fail(err::FENCED_INSTANCE_ID, &format!("Instance id {inst} belongs to another member."));
+                }
+            }
             if epoch != m.epoch {
                 let owned: Parts = req
                     .topic_partitions

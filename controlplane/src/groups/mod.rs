@@ -171,7 +171,7 @@ impl Group {
         }
     }
 
-    fn record(&mut self) -> GroupRecord {
+    fn record(&self) -> GroupRecord {
         GroupRecord { classic: self.classic.record(), consumer: self.consumer.record() }
     }
 }
@@ -285,8 +285,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
 
     /// Writes the group's membership record.
     async fn persist(&self, g: &mut Group) -> Result<(), MetaError> {
-        let op = Op::Put(keys::group_meta(&g.id), Bytes::from(g.record().encode_to_vec()));
+        let record = g.record();
+        let op = Op::Put(keys::group_meta(&g.id), Bytes::from(record.encode_to_vec()));
         self.shared.store.txn(vec![], vec![op]).await?;
+        g.classic.written(record.classic);
         g.exists = true;
         Ok(())
     }
