@@ -295,22 +295,29 @@ impl<M: MetaStore + Clone> Coordinator<M> {
 
     /// Enforces session and rebalance timeouts of every group, and forgets groups that exist
     /// only in memory with nothing in them (a join that never came back, say).
-    async fn sweep(&self) {
+    /// Groups are handled concurrently, so one that waits for its lock or for a slow store
+    /// write does not hold up the others' timeouts; the next sweep starts when all are done.
+    async fn sweep(self: &Arc<Self>) {
         self.groups.lock().expect("poisoned").retain(|_, g| {
             // Only the map holds it, so no request is about to use it.
             Arc::strong_count(g) > 1 || g.try_lock().map_or(true, |g| g.exists || !g.is_empty() || !g.offsets.is_empty())
         });
         let now = Instant::now();
+        let mut ticks = tokio::task::JoinSet::new();
         for g in self.all_groups() {
-            let mut g = g.lock().await;
-            let changed_classic = self.classic_tick(&mut g, now).await;
-            let changed_consumer = self.consumer_tick(&mut g, now);
-            if changed_consumer && !changed_classic {
-                if let Err(e) = self.persist(&mut g).await {
-                    tracing::warn!(group = %g.id, error = %e, "cannot persist group");
+            let me = self.clone();
+            ticks.spawn(async move {
+                let mut g = g.lock().await;
+                let changed_classic = me.classic_tick(&mut g, now).await;
+                let changed_consumer = me.consumer_tick(&mut g, now);
+                if changed_consumer && !changed_classic {
+                    if let Err(e) = me.persist(&mut g).await {
+                        tracing::warn!(group = %g.id, error = %e, "cannot persist group");
+                    }
                 }
-            }
+            });
         }
+        while ticks.join_next().await.is_some() {}
     }
 
     /// Topic metadata for assignment and validation: name to (topic id, partition count).
