@@ -112,9 +112,12 @@ echo "== (f) the machine's own limits"
     echo "cores: $(nproc)  memory: $(free -g | awk '/Mem:/{print $2}') GiB  kernel: $(uname -r)"
     lscpu | grep -m1 'Model name' || true
     if command -v iperf3 >/dev/null; then
-        iperf3 -s -p 29201 -1 >/dev/null 2>&1 &
-        sleep 0.5
+        iperf3 -s -p 29201 >/dev/null 2>&1 &
+        iperf_server=$!
+        wait_port 29201
         iperf3 -c 127.0.0.1 -p 29201 -t 5 | grep -E 'sender|receiver'
+        kill "$iperf_server" 2>/dev/null || true
+        wait "$iperf_server" 2>/dev/null || true
     fi
     if command -v fio >/dev/null; then
         for bs in 1m 4m; do
