@@ -56,14 +56,18 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         if code != 0 {
             return answer(&|_, _| code);
         }
-        let topics = self.topics();
+        // Partition counts of the topics named, not a copy of every topic: commits are frequent.
+        let counts: BTreeMap<&str, i32> = {
+            let topics = self.shared.topics.read().expect("poisoned");
+            req.topics.iter().filter_map(|t| topics.get(t.name.as_str()).map(|m| (t.name.as_str(), m.streams.len() as i32))).collect()
+        };
         let mut codes: BTreeMap<(String, i32), i16> = BTreeMap::new();
         let mut ops = Vec::new();
         let mut accepted = Vec::new();
         let ts = now_ms();
         for t in &req.topics {
             for p in &t.partitions {
-                let known = topics.get(t.name.as_str()).is_some_and(|(_, n)| (0..*n).contains(&p.partition_index));
+                let known = counts.get(t.name.as_str()).is_some_and(|n| (0..*n).contains(&p.partition_index));
                 let code = if !known {
                     err::UNKNOWN_TOPIC_OR_PARTITION
                 } else if p.committed_metadata.as_ref().is_some_and(|m| m.len() > OFFSET_METADATA_MAX) {
