@@ -112,11 +112,12 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                         let partitions = parts
                             .into_iter()
                             .map(|(p, o)| {
+                                let (offset, epoch, metadata) = committed(&o);
                                 OffsetFetchResponsePartitions::default()
                                     .with_partition_index(p)
-                                    .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
-                                    .with_committed_leader_epoch(o.as_ref().map_or(-1, |o| o.leader_epoch))
-                                    .with_metadata(Some(sb(o.as_ref().and_then(|o| o.metadata.as_deref()).unwrap_or(""))))
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(epoch)
+                                    .with_metadata(Some(metadata))
                             })
                             .collect();
                         OffsetFetchResponseTopics::default().with_name(TopicName(sb(&name))).with_partitions(partitions)
@@ -134,11 +135,9 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 let partitions = parts
                     .into_iter()
                     .map(|(p, o)| {
-                        let r = OffsetFetchResponsePartition::default()
-                            .with_partition_index(p)
-                            .with_committed_offset(o.as_ref().map_or(-1, |o| o.offset))
-                            .with_metadata(Some(sb(o.as_ref().and_then(|o| o.metadata.as_deref()).unwrap_or(""))));
-                        let r = if version >= 5 { r.with_committed_leader_epoch(o.as_ref().map_or(-1, |o| o.leader_epoch)) } else { r };
+                        let (offset, epoch, metadata) = committed(&o);
+                        let r = OffsetFetchResponsePartition::default().with_partition_index(p).with_committed_offset(offset).with_metadata(Some(metadata));
+                        let r = if version >= 5 { r.with_committed_leader_epoch(epoch) } else { r };
                         if version < 2 { r.with_error_code(code) } else { r }
                     })
                     .collect();
@@ -224,6 +223,14 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             }
         }
         OffsetDeleteResponse::default().with_topics(topics)
+    }
+}
+
+/// Offset, leader epoch and metadata of a committed offset, or Kafka's "none" (-1, -1, "").
+fn committed(o: &Option<OffsetRecord>) -> (i64, i32, kafka_protocol::protocol::StrBytes) {
+    match o {
+        Some(o) => (o.offset, o.leader_epoch, sb(o.metadata.as_deref().unwrap_or(""))),
+        None => (-1, -1, sb("")),
     }
 }
 
