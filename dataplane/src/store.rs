@@ -1,16 +1,22 @@
 //! The local-directory object store, on the shard's own io_uring (glommio file I/O).
 //!
-//! Objects live in segments: per-shard files under `objects/seg/` of 16 MiB, filled with zeros
-//! ahead of need (in the background, then fdatasynced, and the directory synced). A put writes the object into the next free 4 KiB-aligned range of the current
-//! segment with one DMA write and fdatasyncs. As the range was already allocated and written,
-//! that flush changes no file-system metadata: no inode to create, no journal commit, only the
-//! data reaching the device (about 0.7 ms for 1 MiB on this machine, against 7 ms or more for a
-//! new file per object, which cost ext4 several journal commits). The object's key names its
-//! segment and offset (`seg/<segment>@<offset>`), so a read goes straight to the bytes.
+//! Objects live in segments: per-shard files under `objects/seg/` of 64 MiB, allocated ahead of
+//! need with `fallocate` (in the background, then fdatasynced, and the directory synced). A put
+//! writes the object into the next free 4 KiB-aligned range of the current segment with one
+//! DMA write and fdatasyncs. The range is already allocated and inside the file's size, so that
+//! flush creates no inode, changes no size and no directory: its only metadata is the small
+//! journal record that marks the range written (about 0.2 ms on an idle disk here, against 7 ms
+//! or more under load for a new file per object, which cost ext4 several journal commits).
+//! The object's key names its segment and offset (`seg/<segment>@<offset>`), so a read goes
+//! straight to the bytes.
+//!
+//! Segments were zero-filled at first, which made the flush a pure overwrite, but that writes
+//! every byte twice: at 200 MB/s of produce the zeros took as much disk bandwidth as the data,
+//! zero-filling fell behind, and puts fell back to files (see BENCHMARKS.md).
 //!
 //! Nothing reads an object before its commit, which comes after the put, so a range cut short
-//! by a crash is never referenced. A put that finds no segment ready (a burst that outruns the
-//! zero-filling) or an object too large for a segment is written as a file of its own under
+//! by a crash is never referenced (unwritten ranges read back as zeros). A put that finds no
+//! segment ready or an object too large for a segment is written as a file of its own under
 //! `objects/wal/` instead: written to `objects/tmp/`, synced, renamed, directory synced.
 //! Reads are ranged (one chunk of an object at a time).
 
@@ -22,12 +28,10 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 /// Size of a segment. Objects up to half of it go into segments (the default flush size is
-/// 4 MiB); a segment is zero-filled once, so a small one keeps an idle shard's disk use small.
-const SEGMENT_BYTES: u64 = 16 << 20;
+/// 4 MiB). At 100 MB/s a shard starts a new segment about every 0.6 s.
+const SEGMENT_BYTES: u64 = 64 << 20;
 /// DMA alignment of object ranges in a segment.
 const ALIGN: u64 = 4096;
-/// Zeros written per DMA write while preparing a segment.
-const ZERO_STEP: usize = 1 << 20;
 
 /// Creates the store's directories; run once at start-up, before the shards, so a bad data
 /// directory is one clear error.
@@ -119,7 +123,7 @@ impl LocalObjectStore {
     /// Reserves an aligned range of `len` bytes in the current segment (moving to the spare
     /// when it is full): the segment's file, name and offset. The next segment is prepared
     /// once the current one is half full (or when there is none: the first objects of a shard
-    /// are files while its first segment is zero-filled).
+    /// are files while its first segment is prepared).
     fn reserve(&self, len: u64) -> Option<(Rc<DmaFile>, String, u64)> {
         let mut segs = self.segments.borrow_mut();
         let fits = |s: &Segment| s.next + len <= SEGMENT_BYTES;
@@ -206,16 +210,14 @@ async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Creates a segment full of zeros, durable with its directory entry.
+/// Creates a segment: its space allocated (reading as zeros until written) and its size set,
+/// durable with its directory entry.
 async fn prepare_segment(dir: &Path) -> std::io::Result<Segment> {
     let name = format!("{:032x}.seg", uuid::Uuid::new_v4().as_u128());
     let file = DmaFile::create(dir.join(&name)).await?;
-    let mut at = 0u64;
-    while at < SEGMENT_BYTES {
-        let mut buf = file.alloc_dma_buffer(ZERO_STEP);
-        buf.as_bytes_mut().fill(0);
-        file.write_at(buf, at).await?;
-        at += ZERO_STEP as u64;
+    if file.pre_allocate(SEGMENT_BYTES, false).await.is_err() {
+        // A file system without fallocate: a sparse file, whose blocks each put's flush allocates.
+        file.truncate(SEGMENT_BYTES).await?;
     }
     file.fdatasync().await?;
     sync_dir(dir).await?;
