@@ -254,6 +254,7 @@ fn frame(body: Body) -> Arc<Vec<u8>> {
 
 async fn run<M: MetaStore + Clone>(shared: Arc<Shared<M>>, mut rx: mpsc::Receiver<Command>) {
     let mut pending = Vec::new();
+    let mut recent = RecentObjects::default();
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Command::Commit(req, reply) => {
@@ -263,14 +264,14 @@ async fn run<M: MetaStore + Clone>(shared: Arc<Shared<M>>, mut rx: mpsc::Receive
                     match rx.try_recv() {
                         Ok(Command::Commit(req, reply)) => pending.push((req, reply)),
                         Ok(other) => {
-                            commit_group(&shared, std::mem::take(&mut pending)).await;
+                            commit_group(&shared, std::mem::take(&mut pending), &mut recent).await;
                             admin(&shared, other).await;
                         }
                         Err(_) => break,
                     }
                 }
                 if !pending.is_empty() {
-                    commit_group(&shared, std::mem::take(&mut pending)).await;
+                    commit_group(&shared, std::mem::take(&mut pending), &mut recent).await;
                 }
             }
             other => admin(&shared, other).await,
@@ -280,19 +281,83 @@ async fn run<M: MetaStore + Clone>(shared: Arc<Shared<M>>, mut rx: mpsc::Receive
 
 type Pending = (CommitWal, oneshot::Sender<Result<CommitWalReply, MetaError>>);
 
+/// The WAL objects this control plane committed most recently: a commit naming one of them as
+/// its predecessor needs no read of the store to know it is through.
+#[derive(Default)]
+struct RecentObjects {
+    keys: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl RecentObjects {
+    const LIMIT: usize = 4096;
+
+    fn insert(&mut self, key: &str) {
+        if self.keys.insert(key.to_string()) {
+            self.order.push_back(key.to_string());
+            if self.order.len() > Self::LIMIT {
+                if let Some(old) = self.order.pop_front() {
+                    self.keys.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Whether the group can skip the look-ups: every object appears once and was not committed
+    /// recently, and every predecessor is known to be committed (recently, or earlier in the
+    /// group).
+    fn usual(&self, group: &[Pending]) -> bool {
+        group.iter().enumerate().all(|(i, (req, _))| {
+            let earlier = &group[..i];
+            !self.keys.contains(&req.object_key)
+                && !earlier.iter().any(|(f, _)| f.object_key == req.object_key)
+                && (req.after.is_empty() || self.keys.contains(&req.after) || earlier.iter().any(|(f, _)| f.object_key == req.after))
+        })
+    }
+}
+
 fn epoch_cond<M>(shared: &Shared<M>) -> Cond {
     // The epoch key's version is the revision at which this control plane wrote its epoch; a
     // newer control plane rewrites it, and every later commit of ours then fails.
     Cond::Version(keys::epoch(), shared.epoch_version)
 }
 
+/// Commits a group of WAL objects in one transaction.
+///
+/// The usual group (new objects whose predecessors this control plane just committed) is one
+/// transaction and nothing else: its conditions check that no object in it was committed
+/// before. Only when that check fails (a data plane retrying a commit whose reply it lost) or a
+/// predecessor is unknown here (after a restart) is each commit looked up first.
+async fn commit_group<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>, recent: &mut RecentObjects) {
+    let group = if recent.usual(&group) {
+        let new = group.iter().map(|(req, _)| Cond::Absent(keys::wal_object(&req.object_key))).collect();
+        match apply_commits(shared, group, new, recent).await {
+            Some(group) => group,
+            None => return,
+        }
+    } else {
+        group
+    };
+    let fresh = screen_commits(shared, group).await;
+    if !fresh.is_empty() {
+        apply_commits(shared, fresh, Vec::new(), recent).await;
+    }
+}
 
-async fn commit_group<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>) {
-    // A commit retried by a data plane (its first reply was lost) gets the offsets it was given.
-    // A commit whose predecessor (`after`) is neither committed nor earlier in this group is
-    // refused: its data plane retries it once the predecessor is through.
+/// Answers the commits that were already applied (a data plane retrying after a lost reply gets
+/// the offsets it was given) and those whose predecessor (`after`) is neither committed nor
+/// earlier in this group (its data plane retries once the predecessor is through); returns
+/// the rest.
+async fn screen_commits<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>) -> Vec<Pending> {
     let mut fresh: Vec<Pending> = Vec::with_capacity(group.len());
     for (req, reply) in group {
+        if fresh.iter().any(|(f, _)| f.object_key == req.object_key) {
+            // The same commit twice in one group (a retry overtaking its original): the
+            // original is applied here, and the retry is answered from the store when it comes
+            // again.
+            let _ = reply.send(Err(MetaError::Backend(format!("{} is being committed", req.object_key))));
+            continue;
+        }
         match shared.store.get(&keys::wal_object(&req.object_key)).await {
             Ok(Some(v)) => {
                 let _ = reply.send(CommitWalReply::decode(v.value).map_err(|e| MetaError::Backend(e.to_string())));
@@ -319,9 +384,19 @@ async fn commit_group<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>) {
         }
         fresh.push((req, reply));
     }
-    if fresh.is_empty() {
-        return;
-    }
+    fresh
+}
+
+/// Assigns offsets to the commits and applies them in one transaction under `conds` (plus the
+/// epoch). When `conds` is not empty and a condition fails, nothing is answered and the
+/// commits are handed back.
+async fn apply_commits<M: MetaStore>(
+    shared: &Shared<M>,
+    fresh: Vec<Pending>,
+    mut conds: Vec<Cond>,
+    recent: &mut RecentObjects,
+) -> Option<Vec<Pending>> {
+    let checked = !conds.is_empty();
     let mut next: HashMap<u64, StreamState> = HashMap::new();
     let mut ops = Vec::new();
     let mut replies = Vec::with_capacity(fresh.len());
@@ -359,7 +434,8 @@ async fn commit_group<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>) {
         let w = Watermark { stream_id: *s, log_start: st.log_start, high_watermark: st.hwm };
         ops.push(Op::Put(keys::hwm(*s), Bytes::from(w.encode_to_vec())));
     }
-    match shared.store.txn(vec![epoch_cond(shared)], ops).await {
+    conds.push(epoch_cond(shared));
+    match shared.store.txn(conds, ops).await {
         Ok(_) => {
             use std::sync::atomic::Ordering::Relaxed;
             shared.commits.fetch_add(fresh.len() as u64, Relaxed);
@@ -374,15 +450,19 @@ async fn commit_group<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>) {
             }
             drop(streams);
             let _ = shared.notify.send(frame(Body::Watermarks(Watermarks { streams: marks })));
-            for ((_, tx), reply) in fresh.into_iter().zip(replies) {
+            for ((req, tx), reply) in fresh.into_iter().zip(replies) {
+                recent.insert(&req.object_key);
                 let _ = tx.send(Ok(reply));
             }
+            None
         }
+        Err(MetaError::ConditionFailed) if checked => Some(fresh),
         Err(e) => {
             tracing::error!(error = %e, commits = fresh.len(), "commit transaction failed");
             for (_, tx) in fresh {
                 let _ = tx.send(Err(e.clone()));
             }
+            None
         }
     }
 }

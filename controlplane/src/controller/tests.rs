@@ -165,3 +165,34 @@ async fn pipelined_commits_apply_in_cut_order_or_not_at_all() {
     let x = ctl.commit(after("x", "c", 5)).await.unwrap();
     assert_eq!(x.chunks[0].base_offset, 6);
 }
+
+#[tokio::test]
+async fn a_retry_in_the_same_group_as_its_original_takes_no_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    let s = {
+        let ctl = Controller::start(RedbMetaStore::open(&path).unwrap()).await.unwrap();
+        let s = topic(&ctl, "t", 1).await.streams[0];
+        // Queued back to back, so both land in one group.
+        let first = ctl.enqueue_commit(commit("a", vec![chunk(s, 4)])).await;
+        let retry = ctl.enqueue_commit(commit("a", vec![chunk(s, 4)])).await;
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.chunks[0].base_offset, 0);
+        // The retry is either refused (its data plane asks again) or given the same offsets.
+        if let Ok(r) = retry.await.unwrap() {
+            assert_eq!(r, first);
+        }
+        assert_eq!(ctl.watermark(s).unwrap().hwm, 4);
+        assert_eq!(ctl.commit(commit("a", vec![chunk(s, 4)])).await.unwrap(), first);
+        ctl.stop().await;
+        s
+    };
+    // A restarted control plane accepts a commit whose predecessor the previous one committed,
+    // and still refuses one whose predecessor never committed.
+    let ctl = Controller::start(RedbMetaStore::open(&path).unwrap()).await.unwrap();
+    let after = |key: &str, prev: &str| CommitWal { after: prev.into(), ..commit(key, vec![chunk(s, 1)]) };
+    assert!(ctl.commit(after("c", "lost")).await.is_err());
+    assert_eq!(ctl.commit(after("b", "a")).await.unwrap().chunks[0].base_offset, 4);
+    assert_eq!(ctl.commit(after("c", "b")).await.unwrap().chunks[0].base_offset, 5);
+    assert_eq!(ctl.watermark(s).unwrap().hwm, 6);
+}
