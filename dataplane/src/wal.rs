@@ -5,9 +5,13 @@
 //! 1. [`append`] waits for room under the shard's in-flight byte limit (backpressure: the
 //!    connection that sent the batch stops being read while it waits), then adds the batches to
 //!    the open buffer and waits for their commit.
-//! 2. The buffer is cut when it holds `wal.flush.bytes` or its oldest batch is
-//!    `wal.flush.interval` old. Each cut becomes one WAL object, written durably to the object
-//!    store; several may be in flight.
+//! 2. The buffer is cut when it holds `wal.flush.bytes`, or at the first tick of the
+//!    `wal.flush.interval` clock after its oldest batch arrived (so no batch waits longer than
+//!    the interval). The clock is the same for every shard of the process, so shards cut
+//!    together: a produce request spanning partitions of several shards waits for one cut, not
+//!    for the latest of several independent timers, and their commits reach the control plane
+//!    together and share its transaction. Each cut becomes one WAL object, written durably to
+//!    the object store; several may be in flight.
 //! 3. Objects are committed to the control plane in the order they were cut, which assigns
 //!    offsets: a commit is sent as soon as the previous one is on the wire, naming it as the
 //!    one it must follow (see [`Ticket`]). Only then are the appends answered, their
@@ -167,7 +171,7 @@ async fn append_new(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
         let generation = wal.generation.get();
         let s = shard.clone();
         glommio::spawn_local(async move {
-            glommio::timer::sleep(s.wal.flush_interval).await;
+            glommio::timer::sleep(until_tick(s.wal.flush_interval)).await;
             if s.wal.generation.get() == generation {
                 cut(&s);
             }
@@ -178,6 +182,16 @@ async fn append_new(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
     shard.metrics.observe(H::Append, at.elapsed());
     drop(permit);
     r
+}
+
+/// Time until the next tick of the flush clock: multiples of `interval` since the process's
+/// first call, on the monotonic clock every shard shares.
+fn until_tick(interval: Duration) -> Duration {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let period = interval.as_nanos().max(1);
+    let into = origin.elapsed().as_nanos() % period;
+    Duration::from_nanos((period - into) as u64)
 }
 
 /// Cuts the open buffer into an object and starts its flush.
