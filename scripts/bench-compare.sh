@@ -6,11 +6,13 @@
 #
 #   scripts/bench-compare.sh                 # everything (about 5 minutes)
 #   DURATION=20 scripts/bench-compare.sh     # longer measured windows
+#   B_RUNS=5 scripts/bench-compare.sh        # more runs of Sluice at the fixed rate (b)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 DURATION="${DURATION:-10}"
+B_RUNS="${B_RUNS:-3}"
 OUT="${OUT:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -28,6 +30,9 @@ stop_all() {
     # Each run writes gigabytes; keep none of it.
     for d in "${data_dirs[@]}"; do rm -rf "$d"; done
     data_dirs=()
+    # The deletion's journal commit (and, on a disk mounted with `discard`, its discards)
+    # belongs to this run, not to the next one.
+    sync
     # A killed data plane's io_uring lets go of its listeners a little later; the next start
     # must not mistake a lingering listener for its own.
     for port in $KPORT $DMPORT $TPORT; do
@@ -86,9 +91,13 @@ for cores in 2 1; do
     stop_all
 done
 HALF=$((RATE_A / 2))
-echo "== (b) fixed rate at 50% of Sluice's (a): $HALF records/s"
+echo "== (b) fixed rate at 50% of Sluice's (a): $HALF records/s, $B_RUNS runs (latency tails vary from run to run)"
+for run in $(seq 1 "$B_RUNS"); do
+    start_sluice 2
+    bench_sluice --preset fixed-rate --rate "$HALF" --duration "$DURATION" --label "b-sluice-rate$HALF-run$run"
+    stop_all
+done
 start_sluice 2
-bench_sluice --preset fixed-rate --rate "$HALF" --duration "$DURATION" --label "b-sluice-rate$HALF"
 echo "== (e) fetch-only from the cache"
 bench_sluice --preset fetch-only --backlog 200000 --label "e-sluice-cache"
 stop_all

@@ -34,7 +34,8 @@ pub struct Args {
     /// A shard cuts its WAL object when this many bytes are buffered.
     #[arg(long, env = "SLUICE_WAL_FLUSH_BYTES", default_value_t = 4 << 20)]
     pub wal_flush_bytes: usize,
-    /// ... or when the oldest buffered batch is this old.
+    /// ... or at the first tick of this interval (one clock for all shards) after the oldest
+    /// buffered batch arrived, so no batch waits longer.
     #[arg(long, env = "SLUICE_WAL_FLUSH_INTERVAL_MS", default_value_t = 5)]
     pub wal_flush_interval_ms: u64,
     /// Bytes a shard may hold in WAL buffers and in-flight flushes before it stops reading
