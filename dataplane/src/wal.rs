@@ -17,6 +17,7 @@
 //!    one it must follow (see [`Ticket`]). Only then are the appends answered, their
 //!    batches patched with real base offsets and put in the cache.
 
+use crate::cache::Piece;
 use crate::metrics::{H, M};
 use crate::notify::Notify;
 use crate::shard::{code, AppendReq, AppendResult, Marks, ReadReq, ReadResult, Shard, RPC_TIMEOUT};
@@ -329,8 +330,8 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, object_i
             let mut offset = base;
             let ends: Vec<usize> = p.req.batches.iter().skip(1).map(|(pos, _)| *pos as usize).chain([p.req.data.len()]).collect();
             for ((pos, count), end) in p.req.batches.iter().zip(ends) {
-                let slice = object.slice(positions[i] + *pos as usize..positions[i] + end);
-                cache.insert(p.req.stream, offset, offset + count - 1, slice);
+                let piece = Piece { buf: object.clone(), range: positions[i] + *pos as usize..positions[i] + end };
+                cache.insert(p.req.stream, offset, offset + count - 1, piece);
                 offset += count;
             }
         }
@@ -431,23 +432,38 @@ pub async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
         }
     }
     let mut out = ReadResult { error: code::NONE, marks, batches: Vec::new() };
+    // Batches that follow each other in one buffer (as a producer's batches do in a WAL
+    // object) are handed on as one slice of it: no copy now, and none when the response is
+    // assembled.
+    let mut run: Option<Piece> = None;
+    fn push(run: &mut Option<Piece>, batches: &mut Vec<Bytes>, piece: Piece) {
+        if let Some(r) = run.as_mut() {
+            if r.join(&piece) {
+                return;
+            }
+            batches.push(r.bytes());
+        }
+        *run = Some(piece);
+    }
     let mut offset = req.offset;
     let mut bytes = 0usize;
-    while offset < marks.hwm && (bytes < req.max_bytes || out.batches.is_empty()) {
+    let mut any = false;
+    while offset < marks.hwm && (bytes < req.max_bytes || !any) {
         let hit = shard.cache.borrow().get(req.stream, offset);
         if let Some((_, last, data)) = hit {
-            if !out.batches.is_empty() && bytes + data.len() > req.max_bytes {
+            if any && bytes + data.len() > req.max_bytes {
                 break;
             }
             bytes += data.len();
-            out.batches.push(data);
+            any = true;
+            push(&mut run, &mut out.batches, data);
             offset = last + 1;
             continue;
         }
         let loaded = match load(shard, req.stream, offset, req.max_bytes.saturating_sub(bytes)).await {
             Ok(l) => l,
             Err(e) => {
-                if out.batches.is_empty() {
+                if !any {
                     out.error = e;
                 }
                 break;
@@ -459,23 +475,27 @@ pub async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
             if last < offset || base > offset {
                 continue;
             }
-            if !out.batches.is_empty() && bytes + data.len() > req.max_bytes {
+            if any && bytes + data.len() > req.max_bytes {
                 break;
             }
             bytes += data.len();
-            out.batches.push(data);
+            any = true;
+            push(&mut run, &mut out.batches, data);
             offset = last + 1;
         }
         if offset == before {
             break;
         }
     }
+    if let Some(r) = run {
+        out.batches.push(r.bytes());
+    }
     out
 }
 
 /// Loads the index entries from `offset` on from their objects (into the cache too) and returns
 /// their batches: base offset, last offset, bytes. Empty when the index has nothing there.
-async fn load(shard: &Rc<Shard>, stream: u64, offset: i64, want_bytes: usize) -> Result<Vec<(i64, i64, Bytes)>, i16> {
+async fn load(shard: &Rc<Shard>, stream: u64, offset: i64, want_bytes: usize) -> Result<Vec<(i64, i64, Piece)>, i16> {
     let reply = shard.rpc.call(Body::Lookup(Lookup { stream_id: stream, offset, max_entries: 8 }), RPC_TIMEOUT).await;
     let entries = match reply {
         Ok(Body::LookupReply(r)) if r.error == 0 => r.entries,
@@ -496,7 +516,7 @@ async fn load(shard: &Rc<Shard>, stream: u64, offset: i64, want_bytes: usize) ->
     Ok(out)
 }
 
-async fn load_entry(shard: &Shard, stream: u64, e: &IndexEntry) -> Result<Vec<(i64, i64, Bytes)>, i16> {
+async fn load_entry(shard: &Shard, stream: u64, e: &IndexEntry) -> Result<Vec<(i64, i64, Piece)>, i16> {
     shard.metrics.add(M::ObjectReads, 1);
     shard.metrics.add(M::ObjectReadBytes, u64::from(e.length));
     let data = shard.store.get_range(&e.object_key, e.position, e.length as usize).await.map_err(|err| {
@@ -521,9 +541,9 @@ async fn load_entry(shard: &Shard, stream: u64, e: &IndexEntry) -> Result<Vec<(i
     let mut cache = shard.cache.borrow_mut();
     let mut out = Vec::with_capacity(spans.len());
     for (pos, len, base, last) in spans {
-        let slice = buf.slice(pos..pos + len);
-        cache.insert(stream, base, last, slice.clone());
-        out.push((base, last, slice));
+        let piece = Piece { buf: buf.clone(), range: pos..pos + len };
+        cache.insert(stream, base, last, piece.clone());
+        out.push((base, last, piece));
     }
     Ok(out)
 }
