@@ -32,6 +32,8 @@ use std::rc::Rc;
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// DMA alignment of object ranges in a segment.
 const ALIGN: u64 = 4096;
+/// Files a shard keeps open for reads.
+const OPEN_FOR_READ: usize = 32;
 
 /// Creates the store's directories; run once at start-up, before the shards, so a bad data
 /// directory is one clear error.
@@ -71,6 +73,9 @@ pub struct LocalObjectStore {
     tmp_dir: PathBuf,
     seg_dir: PathBuf,
     segments: Rc<RefCell<Segments>>,
+    /// Files opened for reads, least recently used first: a cold read of many chunks of one
+    /// segment opens it once, not once per chunk.
+    readers: RefCell<std::collections::VecDeque<(PathBuf, Rc<DmaFile>)>>,
 }
 
 impl LocalObjectStore {
@@ -85,6 +90,7 @@ impl LocalObjectStore {
             seg_dir: root.join("objects/seg"),
             root,
             segments: Rc::default(),
+            readers: RefCell::default(),
         }
     }
 
@@ -189,10 +195,8 @@ impl LocalObjectStore {
             }
             None => (self.wal_dir.join(key), 0),
         };
-        let file = DmaFile::open(path).await?;
-        let result = file.read_at(base + pos, len).await;
-        let _ = file.close().await;
-        let buf = result?;
+        let file = self.reader(path).await?;
+        let buf = file.read_at(base + pos, len).await?;
         if buf.len() != len {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -200,6 +204,29 @@ impl LocalObjectStore {
             ));
         }
         Ok(BytesMut::from(&buf[..]))
+    }
+}
+
+impl LocalObjectStore {
+    /// An open handle on `path` for reads, from the open files or newly opened (the least
+    /// recently used one is let go; glommio closes it).
+    async fn reader(&self, path: PathBuf) -> std::io::Result<Rc<DmaFile>> {
+        {
+            let mut open = self.readers.borrow_mut();
+            if let Some(i) = open.iter().position(|(p, _)| *p == path) {
+                let hit = open.remove(i).expect("position is in range");
+                let file = hit.1.clone();
+                open.push_back(hit);
+                return Ok(file);
+            }
+        }
+        let file = Rc::new(DmaFile::open(&path).await?);
+        let mut open = self.readers.borrow_mut();
+        open.push_back((path, file.clone()));
+        if open.len() > OPEN_FOR_READ {
+            open.pop_front();
+        }
+        Ok(file)
     }
 }
 
