@@ -57,6 +57,9 @@ def test_metrics_count_produced_records_objects_and_transactions(metered):
     assert delta("sluice_wal_commit_seconds_count") == objects
     appends = delta("sluice_produce_append_seconds_count")
     assert appends >= objects and delta("sluice_wal_buffer_seconds_count") == appends
+    # One observation per answered produce request, each holding at least one append.
+    requests = delta("sluice_produce_request_seconds_count")
+    assert 1 <= requests <= appends
     assert delta("sluice_wal_put_seconds_sum") > 0
     assert cp["sluice_topics"] >= 1
     with pytest.raises(urllib.error.HTTPError):

@@ -44,13 +44,18 @@ pub enum M {
 /// Latency histograms: name, help. Buckets are [`BUCKETS`] (seconds).
 pub const HISTOGRAMS: &[(&str, &str)] = &[
     ("sluice_wal_buffer_seconds", "Time a produced batch waited in the open WAL buffer until its object was cut."),
-    ("sluice_wal_put_seconds", "Time to write a WAL object durably (write, fsync, rename, directory fsync)."),
+    ("sluice_wal_put_seconds", "Time to write a WAL object durably (into a segment: write and fdatasync)."),
     ("sluice_wal_commit_seconds", "Time from a WAL object being durable to the control plane answering its commit."),
     ("sluice_produce_append_seconds", "Time from a batch reaching its owner shard to its append being answered."),
+    ("sluice_produce_request_seconds", "Time from a produce request (acks 1 or all) being decoded to its answer being ready."),
 ];
 
-/// Upper bounds of the histogram buckets, in seconds (then +Inf).
-pub const BUCKETS: [f64; 12] = [0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.024];
+/// Upper bounds of the histogram buckets, in seconds (then +Inf): fine between 1 and 16 ms,
+/// where produce latency lives.
+pub const BUCKETS: [f64; 20] = [
+    0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.010, 0.012, 0.016, 0.024, 0.032, 0.064,
+    0.128, 0.256, 1.024,
+];
 
 /// Index into [`HISTOGRAMS`].
 #[derive(Clone, Copy)]
@@ -59,6 +64,7 @@ pub enum H {
     Put,
     Commit,
     Append,
+    ProduceRequest,
 }
 
 /// One histogram of one shard: a count per bucket (the last is +Inf) and the sum in

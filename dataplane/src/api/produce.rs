@@ -49,6 +49,7 @@ fn partition(index: i32, error: i16) -> PartitionProduceResponse {
 }
 
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    let started = std::time::Instant::now();
     let acks = req.acks;
     let acks_valid = matches!(acks, -1..=1);
     let mut topics = Vec::with_capacity(req.topic_data.len());
@@ -106,5 +107,6 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
             Err(e) => slot.error_code = e,
         }
     }
+    shard.metrics.observe(crate::metrics::H::ProduceRequest, started.elapsed());
     Some(ProduceResponse::default().with_responses(topics))
 }
