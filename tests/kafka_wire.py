@@ -512,3 +512,36 @@ def offset_delete_v0(conn, group, topic, partitions):
     r.i32()
     topics = r.array(lambda rr: (rr.string(), rr.array(lambda x: (x.i32(), x.i16()))))
     return error, {p: e for _, parts in (topics or []) for p, e in parts}
+
+
+def fetch_v4(conn, topic, partitions, max_bytes, partition_max_bytes=1 << 20, max_wait_ms=0):
+    """Fetch v4 of one topic from offset 0 of each of `partitions`, in that order; returns
+    {partition: (error_code, high_watermark, records bytes)}."""
+    parts = [i32(p) + i64(0) + i32(partition_max_bytes) for p in partitions]
+    body = (i32(-1) + i32(max_wait_ms) + i32(0) + i32(max_bytes) + i8(0)
+            + array([string(topic) + array(parts)]))
+    r = conn.request(FETCH, 4, body)
+    r.i32()  # throttle_time_ms
+
+    def part(rr):
+        p, err, hwm = rr.i32(), rr.i16(), rr.i64()
+        rr.i64()  # last_stable_offset
+        rr.array(lambda a: (a.i64(), a.i64()))  # aborted transactions
+        return p, (err, hwm, rr.bytes() or b"")
+
+    out = {}
+    for _, ps in r.array(lambda rr: (rr.string(), rr.array(part))):
+        out.update(dict(ps))
+    return out
+
+
+def batch_sizes(records):
+    """Sizes of the whole record batches in a Fetch response's records bytes."""
+    sizes, at = [], 0
+    while at + 12 <= len(records):
+        (length,) = struct.unpack(">i", records[at + 8:at + 12])
+        if at + 12 + length > len(records):
+            break  # a partial batch at the end (a broker may send one; clients skip it)
+        sizes.append(12 + length)
+        at += 12 + length
+    return sizes

@@ -127,7 +127,7 @@ pub struct ReadResult {
     pub error: i16,
     pub marks: Marks,
     /// Whole batches, the first holding the requested offset.
-    pub batches: Vec<Bytes>,
+    pub batches: Vec<crate::cache::Piece>,
 }
 
 /// Messages between shards.

@@ -432,38 +432,23 @@ pub async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
         }
     }
     let mut out = ReadResult { error: code::NONE, marks, batches: Vec::new() };
-    // Batches that follow each other in one buffer (as a producer's batches do in a WAL
-    // object) are handed on as one slice of it: no copy now, and none when the response is
-    // assembled.
-    let mut run: Option<Piece> = None;
-    fn push(run: &mut Option<Piece>, batches: &mut Vec<Bytes>, piece: Piece) {
-        if let Some(r) = run.as_mut() {
-            if r.join(&piece) {
-                return;
-            }
-            batches.push(r.bytes());
-        }
-        *run = Some(piece);
-    }
     let mut offset = req.offset;
     let mut bytes = 0usize;
-    let mut any = false;
-    while offset < marks.hwm && (bytes < req.max_bytes || !any) {
+    while offset < marks.hwm && (bytes < req.max_bytes || out.batches.is_empty()) {
         let hit = shard.cache.borrow().get(req.stream, offset);
         if let Some((_, last, data)) = hit {
-            if any && bytes + data.len() > req.max_bytes {
+            if !out.batches.is_empty() && bytes + data.len() > req.max_bytes {
                 break;
             }
             bytes += data.len();
-            any = true;
-            push(&mut run, &mut out.batches, data);
+            out.batches.push(data);
             offset = last + 1;
             continue;
         }
         let loaded = match load(shard, req.stream, offset, req.max_bytes.saturating_sub(bytes)).await {
             Ok(l) => l,
             Err(e) => {
-                if !any {
+                if out.batches.is_empty() {
                     out.error = e;
                 }
                 break;
@@ -475,20 +460,16 @@ pub async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
             if last < offset || base > offset {
                 continue;
             }
-            if any && bytes + data.len() > req.max_bytes {
+            if !out.batches.is_empty() && bytes + data.len() > req.max_bytes {
                 break;
             }
             bytes += data.len();
-            any = true;
-            push(&mut run, &mut out.batches, data);
+            out.batches.push(data);
             offset = last + 1;
         }
         if offset == before {
             break;
         }
-    }
-    if let Some(r) = run {
-        out.batches.push(r.bytes());
     }
     out
 }

@@ -3,6 +3,7 @@
 //! are answered with session id 0: every fetch is a full fetch.
 
 use super::metadata::resolve;
+use crate::cache::Piece;
 use crate::shard::{code, Marks, ReadReq, Shard};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::FetchRequest;
@@ -104,23 +105,29 @@ async fn read_all(shard: &Rc<Shard>, wants: &[Want], max_bytes: usize) -> Vec<(i
     reads
         .into_iter()
         .map(|(error, batches, marks)| {
-            let mut taken = Vec::with_capacity(batches.len());
+            // Batches that follow each other in one buffer (as a producer's batches do in a
+            // WAL object) become one slice of it without a copy; only pieces of different
+            // buffers are copied into one, sized once.
+            let mut runs: Vec<Piece> = Vec::new();
             for b in batches {
                 if used > 0 && used + b.len() > max_bytes {
                     break;
                 }
                 used += b.len();
-                taken.push(b);
-            }
-            // One batch is handed on as it is; several are joined into one buffer sized once.
-            let data = if taken.len() == 1 {
-                taken.pop().unwrap_or_default()
-            } else {
-                let mut buf = BytesMut::with_capacity(taken.iter().map(Bytes::len).sum());
-                for b in &taken {
-                    buf.extend_from_slice(b);
+                if !runs.last_mut().is_some_and(|run| run.join(&b)) {
+                    runs.push(b);
                 }
-                buf.freeze()
+            }
+            let data = match runs.as_slice() {
+                [] => Bytes::new(),
+                [one] => one.bytes(),
+                several => {
+                    let mut buf = BytesMut::with_capacity(several.iter().map(Piece::len).sum());
+                    for run in several {
+                        buf.extend_from_slice(&run.buf[run.range.clone()]);
+                    }
+                    buf.freeze()
+                }
             };
             (error, data, marks)
         })
