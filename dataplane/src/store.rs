@@ -205,9 +205,7 @@ impl LocalObjectStore {
         }
         Ok(BytesMut::from(&buf[..]))
     }
-}
 
-impl LocalObjectStore {
     /// An open handle on `path` for reads, from the open files or newly opened (the least
     /// recently used one is let go; glommio closes it).
     async fn reader(&self, path: PathBuf) -> std::io::Result<Rc<DmaFile>> {
