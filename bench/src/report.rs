@@ -26,6 +26,10 @@ pub struct Summary {
     pub missing: u64,
     pub puts_per_gb: Option<f64>,
     pub txns_per_gb: Option<f64>,
+    /// Sluice's WAL stages in the run, p99 and p99.9 as bucket bounds (ms): the object's durable
+    /// write and its commit. They tell a disk stall from a slow broker.
+    pub put_ms: Option<[f64; 2]>,
+    pub commit_ms: Option<[f64; 2]>,
 }
 
 const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
@@ -42,6 +46,11 @@ fn percentiles(h: &Histogram<u64>) -> Option<[f64; 5]> {
         ms(h.value_at_quantile(QUANTILES[3])),
         ms(h.max()),
     ])
+}
+
+/// A WAL stage's p99 and p99.9 (bucket bounds, ms) in the run, when Sluice's metrics were read.
+fn stage(metrics: &Sample, name: &str) -> Option<[f64; 2]> {
+    Some([crate::metrics::bucket_quantile_ms(metrics, name, 0.99)?, crate::metrics::bucket_quantile_ms(metrics, name, 0.999)?])
 }
 
 impl Summary {
@@ -80,6 +89,8 @@ impl Summary {
             missing: r.missing,
             puts_per_gb: per_gb("sluice_wal_objects_total"),
             txns_per_gb: per_gb("sluice_metadata_transactions_total"),
+            put_ms: stage(&metrics, "sluice_wal_put_seconds"),
+            commit_ms: stage(&metrics, "sluice_wal_commit_seconds"),
         }
     }
 
@@ -104,16 +115,21 @@ impl Summary {
         if let (Some(p), Some(t)) = (self.puts_per_gb, self.txns_per_gb) {
             let _ = writeln!(s, "per GB produced   {p:.0} object PUTs, {t:.0} metadata transactions");
         }
+        if let (Some(p), Some(c)) = (self.put_ms, self.commit_ms) {
+            let _ = writeln!(s, "WAL stages (ms)   object put p99 <= {} p99.9 <= {}, commit p99 <= {} p99.9 <= {}", p[0], p[1], c[0], c[1]);
+        }
         s
     }
 
     fn json(&self) -> String {
         let opt = |p: Option<[f64; 5]>| p.map(|p| format!("[{:.3},{:.3},{:.3},{:.3},{:.3}]", p[0], p[1], p[2], p[3], p[4])).unwrap_or("null".into());
         let num = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or("null".into());
+        let pair = |p: Option<[f64; 2]>| p.map(|p| format!("[{},{}]", p[0], p[1])).unwrap_or("null".into());
         format!(
-            "{{\"label\":\"{}\",\"workload\":\"{}\",\"records_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"consumed_per_sec\":{:.1},\"produce_ms_p50_p90_p99_p999_max\":{},\"e2e_ms_p50_p90_p99_p999_max\":{},\"acked\":{},\"failed\":{},\"consumed\":{},\"missing\":{},\"puts_per_gb\":{},\"txns_per_gb\":{}}}\n",
+            "{{\"label\":\"{}\",\"workload\":\"{}\",\"records_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"consumed_per_sec\":{:.1},\"produce_ms_p50_p90_p99_p999_max\":{},\"e2e_ms_p50_p90_p99_p999_max\":{},\"acked\":{},\"failed\":{},\"consumed\":{},\"missing\":{},\"puts_per_gb\":{},\"txns_per_gb\":{},\"put_ms_le_p99_p999\":{},\"commit_ms_le_p99_p999\":{}}}\n",
             self.label, self.workload, self.records_per_sec, self.mb_per_sec, self.consumed_per_sec, opt(self.produce), opt(self.e2e),
-            self.acked, self.failed, self.consumed, self.missing, num(self.puts_per_gb), num(self.txns_per_gb)
+            self.acked, self.failed, self.consumed, self.missing, num(self.puts_per_gb), num(self.txns_per_gb),
+            pair(self.put_ms), pair(self.commit_ms)
         )
     }
 }
