@@ -84,6 +84,11 @@ def test_sluice_bench_smoke(metered, tmp_path):
     assert summary["produce_ms_p50_p90_p99_p999_max"] is not None
     assert summary["e2e_ms_p50_p90_p99_p999_max"] is not None
     assert summary["puts_per_gb"] is not None and summary["txns_per_gb"] is not None
+    # The WAL stages' tails, read from the data plane's histograms (bucket bounds, ms).
+    for stage in ("put_ms_le_p99_p999", "commit_ms_le_p99_p999"):
+        p99, p999 = summary[stage]
+        assert 0 < p99 <= p999, (stage, summary[stage])
+    assert b"WAL stages" in proc.stdout
     for name in ("smoke-produce.hgrm", "smoke-e2e.hgrm", "smoke-latency.svg"):
         assert (out / name).stat().st_size > 0, name
     assert "Percentile" in (out / "smoke-produce.hgrm").read_text()
