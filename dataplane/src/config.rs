@@ -37,8 +37,8 @@ pub struct Args {
     /// ... or at the first tick of this interval (one clock for all shards) after the oldest
     /// buffered batch arrived, so no batch waits longer. The default suits a local directory,
     /// where an object costs one fdatasync: it keeps produce p99 under 10 ms at half of a 2-core
-    /// machine's throughput (BENCHMARKS.md). An object store that bills each PUT wants a longer
-    /// interval.
+    /// machine's throughput (BENCHMARKS.md). An object store that bills each PUT will want a
+    /// longer interval.
     #[arg(long, env = "SLUICE_WAL_FLUSH_INTERVAL_MS", default_value_t = 3)]
     pub wal_flush_interval_ms: u64,
     /// Bytes a shard may hold in WAL buffers and in-flight flushes before it stops reading
