@@ -50,6 +50,16 @@ fn main() {
     let io_memory = (6 << 20) / cores.max(1);
     let io_memory = io_memory.clamp(256 << 10, 2 << 20);
     tracing::info!(listen = %cfg.listen, cores, controlplane = %cfg.controlplane, data_dir = %cfg.data_dir.display(), "data plane starting");
+    if cfg.cache_bytes / cfg.cores < cfg.wal_flush_bytes {
+        // A cold read brings in a partition's whole chunk of a WAL object (up to about
+        // wal.flush.bytes); a shard's cache that cannot hold one evicts it before the next fetch
+        // needs the rest, and every chunk is read several times (BENCHMARKS.md, section e).
+        tracing::warn!(
+            per_shard = cfg.cache_bytes / cfg.cores,
+            wal_flush_bytes = cfg.wal_flush_bytes,
+            "the batch cache is smaller per shard than one WAL object: reads from objects will re-read chunks"
+        );
+    }
     let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(cores, None))
         .name("sluice-shard")
         .io_memory(io_memory)
