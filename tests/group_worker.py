@@ -2,8 +2,8 @@
 
     python group_worker.py CLIENT PROTOCOL BOOTSTRAP GROUP LOG TOPIC|--regex PATTERN [key=value ...]
 
-CLIENT is `confluent` or `kafka-python`; PROTOCOL is `classic` or `consumer` (KIP-848,
-confluent only). Extra key=value pairs go into the client's configuration.
+CLIENT is `confluent`, `kafka-python` or `aiokafka`; PROTOCOL is `classic` or `consumer`
+(KIP-848, confluent only). Extra key=value pairs go into the client's configuration.
 
 It consumes from the earliest offset, writes every record it receives to LOG, then commits
 synchronously (at-least-once), and logs each successful commit. On SIGTERM it commits and closes
@@ -156,6 +156,53 @@ def kafka_python(protocol, bootstrap, group, log, topic, regex, extra):
     c.close()
 
 
+def aiokafka(protocol, bootstrap, group, log, topic, regex, extra):
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.abc import ConsumerRebalanceListener
+
+    assert protocol == "classic", "aiokafka speaks only the classic protocol"
+    conf = dict(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False)
+    if not DEFAULT_TIMEOUTS:
+        conf.update(session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    conf.update(extra)
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):
+            log.line("V", fmt((p.topic, p.partition) for p in revoked))
+
+        def on_partitions_assigned(self, assigned):
+            log.line("A", fmt((p.topic, p.partition) for p in assigned))
+
+    async def run():
+        c = AIOKafkaConsumer(**conf)
+        if regex:
+            c.subscribe(pattern=regex, listener=Listener())
+        else:
+            c.subscribe([topic], listener=Listener())
+        await c.start()
+        try:
+            while not stop:
+                batches = await c.getmany(timeout_ms=200, max_records=500)
+                done = {}
+                for tp, msgs in batches.items():
+                    for m in msgs:
+                        log.line("R", m.topic, m.partition, m.offset, m.value.decode())
+                        done[tp] = m.offset + 1
+                if done:
+                    try:
+                        await c.commit(done)
+                        for tp, o in done.items():
+                            log.line("C", tp.topic, tp.partition, o)
+                    except Exception as e:  # noqa: BLE001 - logged; the test judges the outcome
+                        log.line("E", f"commit: {e!r}")
+        finally:
+            await c.stop()
+
+    asyncio.run(run())
+
+
 def main():
     client, protocol, bootstrap, group, path = sys.argv[1:6]
     rest = sys.argv[6:]
@@ -169,7 +216,7 @@ def main():
         k, v = kv.split("=", 1)
         extra[k] = int(v) if v.isdigit() else v
     log = Log(path)
-    run = confluent if client == "confluent" else kafka_python
+    run = {"confluent": confluent, "kafka-python": kafka_python, "aiokafka": aiokafka}[client]
     run(protocol, bootstrap, group, log, topic, regex, extra)
 
 

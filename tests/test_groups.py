@@ -173,6 +173,7 @@ GROUP_CASES = [
     pytest.param("confluent", "classic", id="confluent-classic"),
     pytest.param("confluent", "consumer", id="confluent-kip848"),
     pytest.param("kafka-python", "classic", id="kafka-python-classic"),
+    pytest.param("aiokafka", "classic", id="aiokafka-classic"),
 ]
 
 
