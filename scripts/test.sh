@@ -9,6 +9,7 @@
 #   CARGO_TARGET_DIR   cargo target dir (default ~/.cache/sluice-target)
 #   SLUICE_BIN_DIR     where the e2e tests find the binaries (default $CARGO_TARGET_DIR/release)
 #   SLUICE_VENV        directory holding the Python virtualenv .venv (default ~/.cache/sluice-venv)
+#   SLUICE_NODE_DIR    directory holding kafkajs's node_modules (default ~/.cache/sluice-node)
 #   PYTEST_TIMEOUT     per-test timeout in seconds (default 300; some tests set their own)
 set -euo pipefail
 
@@ -18,6 +19,7 @@ cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 export SLUICE_BIN_DIR="${SLUICE_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 VENV="${SLUICE_VENV:-$HOME/.cache/sluice-venv}/.venv"
+NODE_DIR="${SLUICE_NODE_DIR:-$HOME/.cache/sluice-node}"
 PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-300}"
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -63,6 +65,25 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null || true)" != "$R
 else
     log "virtualenv $VENV is up to date"
 fi
+
+# --- kafkajs (Node.js) ---------------------------------------------------------------------------
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    log "installing nodejs and npm"
+    apt_install nodejs npm
+fi
+PKG="$ROOT/tests/kafkajs/package.json"
+NODE_STAMP="$NODE_DIR/.sluice-package.sha256"
+PKG_HASH="$(sha256sum "$PKG" | cut -d' ' -f1)"
+if [ ! -d "$NODE_DIR/node_modules/kafkajs" ] || [ "$(cat "$NODE_STAMP" 2>/dev/null || true)" != "$PKG_HASH" ]; then
+    log "installing kafkajs into $NODE_DIR"
+    mkdir -p "$NODE_DIR"
+    cp "$PKG" "$NODE_DIR/package.json"
+    (cd "$NODE_DIR" && npm install --no-audit --no-fund --silent)
+    echo "$PKG_HASH" > "$NODE_STAMP"
+else
+    log "kafkajs in $NODE_DIR is up to date"
+fi
+export SLUICE_NODE_MODULES="$NODE_DIR/node_modules"
 
 # --- Rust build and unit/integration tests ------------------------------------------------------
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
