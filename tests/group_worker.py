@@ -127,33 +127,47 @@ def kafka_python(protocol, bootstrap, group, log, topic, regex, extra):
         conf.update(session_timeout_ms=6000, heartbeat_interval_ms=1000)
     conf.update(extra)
     c = KafkaConsumer(**conf)
+    listener = logging_listener(ConsumerRebalanceListener, log)
+    if regex:
+        c.subscribe(pattern=regex, listener=listener)
+    else:
+        c.subscribe([topic], listener=listener)
+    while not stop:
+        done = log_records(log, c.poll(timeout_ms=200, max_records=500))
+        if done:
+            try:
+                c.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in done.items()})
+                log_commits(log, done)
+            except Exception as e:  # noqa: BLE001 - logged; the test judges the outcome
+                log.line("E", f"commit: {e!r}")
+    c.close()
 
-    class Listener(ConsumerRebalanceListener):
+
+def logging_listener(base, log):
+    """A rebalance listener (kafka-python's and aiokafka's have the same shape) that logs."""
+    class Listener(base):
         def on_partitions_revoked(self, revoked):
             log.line("V", fmt((p.topic, p.partition) for p in revoked))
 
         def on_partitions_assigned(self, assigned):
             log.line("A", fmt((p.topic, p.partition) for p in assigned))
 
-    if regex:
-        c.subscribe(pattern=regex, listener=Listener())
-    else:
-        c.subscribe([topic], listener=Listener())
-    while not stop:
-        batches = c.poll(timeout_ms=200, max_records=500)
-        done = {}
-        for tp, msgs in batches.items():
-            for m in msgs:
-                log.line("R", m.topic, m.partition, m.offset, m.value.decode())
-                done[tp] = m.offset + 1
-        if done:
-            try:
-                c.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in done.items()})
-                for tp, o in done.items():
-                    log.line("C", tp.topic, tp.partition, o)
-            except Exception as e:  # noqa: BLE001 - logged; the test judges the outcome
-                log.line("E", f"commit: {e!r}")
-    c.close()
+    return Listener()
+
+
+def log_records(log, batches):
+    """Logs polled records ({partition: [record]}); returns the offsets to commit."""
+    done = {}
+    for tp, msgs in batches.items():
+        for m in msgs:
+            log.line("R", m.topic, m.partition, m.offset, m.value.decode())
+            done[tp] = m.offset + 1
+    return done
+
+
+def log_commits(log, done):
+    for tp, o in done.items():
+        log.line("C", tp.topic, tp.partition, o)
 
 
 def aiokafka(protocol, bootstrap, group, log, topic, regex, extra):
@@ -168,33 +182,21 @@ def aiokafka(protocol, bootstrap, group, log, topic, regex, extra):
         conf.update(session_timeout_ms=6000, heartbeat_interval_ms=1000)
     conf.update(extra)
 
-    class Listener(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked):
-            log.line("V", fmt((p.topic, p.partition) for p in revoked))
-
-        def on_partitions_assigned(self, assigned):
-            log.line("A", fmt((p.topic, p.partition) for p in assigned))
-
     async def run():
         c = AIOKafkaConsumer(**conf)
+        listener = logging_listener(ConsumerRebalanceListener, log)
         if regex:
-            c.subscribe(pattern=regex, listener=Listener())
+            c.subscribe(pattern=regex, listener=listener)
         else:
-            c.subscribe([topic], listener=Listener())
+            c.subscribe([topic], listener=listener)
         await c.start()
         try:
             while not stop:
-                batches = await c.getmany(timeout_ms=200, max_records=500)
-                done = {}
-                for tp, msgs in batches.items():
-                    for m in msgs:
-                        log.line("R", m.topic, m.partition, m.offset, m.value.decode())
-                        done[tp] = m.offset + 1
+                done = log_records(log, await c.getmany(timeout_ms=200, max_records=500))
                 if done:
                     try:
                         await c.commit(done)
-                        for tp, o in done.items():
-                            log.line("C", tp.topic, tp.partition, o)
+                        log_commits(log, done)
                     except Exception as e:  # noqa: BLE001 - logged; the test judges the outcome
                         log.line("E", f"commit: {e!r}")
         finally:
