@@ -207,14 +207,23 @@ impl<M: MetaStore + Clone> Controller<M> {
             .collect()
     }
 
-    /// First index entry of a stream whose max timestamp is at or after `ts`.
+    /// First index entry of a stream whose max timestamp is at or after `ts`; for
+    /// [`sluice_rpc::MAX_TIMESTAMP`], the first entry holding the stream's largest timestamp.
     pub async fn offset_for_time(&self, stream: u64, ts: i64) -> Result<Option<IndexEntry>, MetaError> {
         let mut from = self.watermark(stream).map(|w| w.log_start).unwrap_or(0);
+        // For MAX_TIMESTAMP: the first entry with the largest max timestamp, over the whole index.
+        let mut max: Option<IndexEntry> = None;
         loop {
             let entries = self.lookup(stream, from, 1024).await?;
-            let Some(last) = entries.last() else { return Ok(None) };
+            let Some(last) = entries.last() else { return Ok(max) };
             from = last.end_offset;
-            if let Some(e) = entries.into_iter().find(|e| e.max_timestamp >= ts) {
+            if ts == sluice_rpc::MAX_TIMESTAMP {
+                for e in entries {
+                    if max.as_ref().is_none_or(|m| e.max_timestamp > m.max_timestamp) {
+                        max = Some(e);
+                    }
+                }
+            } else if let Some(e) = entries.into_iter().find(|e| e.max_timestamp >= ts) {
                 return Ok(Some(e));
             }
         }

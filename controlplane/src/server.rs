@@ -9,10 +9,11 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 use sluice_rpc::body::Body;
 use sluice_rpc::*;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Accepts data plane connections until the listener fails.
 pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<M>, groups: Arc<Coordinator<M>>) -> std::io::Result<()> {
@@ -50,6 +51,7 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
         }
     });
     let mut session: Option<SessionId> = None;
+    let mut order = ConnOrder::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let result = loop {
         let env = match decode_frame(&buf, MAX_FRAME) {
@@ -68,7 +70,7 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
         let id = env.request_id;
         match env.body {
             Some(Body::Register(r)) => {
-                let reply = register(&ctl, r, &mut session).await;
+                let reply = register(&ctl, &groups, r, &mut session).await;
                 send(&out_tx, id, reply).await;
             }
             Some(Body::CommitWal(c)) => {
@@ -87,12 +89,17 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
             }
             Some(Body::KafkaRequest(r)) => {
                 let (groups, out_tx) = (groups.clone(), out_tx.clone());
+                let mut turn = order.next(r.conn_id);
                 tokio::spawn(async move {
+                    turn.wait().await;
                     let reply = match groups.handle(r).await {
                         Ok(body) => Body::KafkaResponse(KafkaResponse { body }),
                         Err((error, message)) => failed(i32::from(error), message),
                     };
+                    // Answered before the next request of the connection starts, so replies
+                    // leave in the order the requests took effect.
                     send(&out_tx, id, reply).await;
+                    drop(turn);
                 });
             }
             Some(body) => {
@@ -113,6 +120,50 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
     result
 }
 
+/// The order of each Kafka connection's forwarded requests: every request waits for the one
+/// read before it from the same Kafka connection ([`KafkaRequest::conn_id`]) to finish. The data
+/// plane sends them in the order the client did, so a pipelined OffsetCommit never overtakes an
+/// earlier one and a SyncGroup always finds the JoinGroup sent before it; requests of other
+/// connections do not wait.
+#[derive(Default)]
+struct ConnOrder {
+    /// Per Kafka connection: finished when the last request read from it has.
+    tails: HashMap<u64, oneshot::Receiver<()>>,
+    /// Size of `tails` after the last pruning.
+    pruned_at: usize,
+}
+
+/// A request's place in its connection's order: [`Turn::wait`] until the previous request has
+/// finished; dropping the turn (its sender) lets the next one start.
+struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    _done: oneshot::Sender<()>,
+}
+
+impl Turn {
+    async fn wait(&mut self) {
+        if let Some(rx) = &mut self.after {
+            // Err: the previous request's task ended without finishing (the runtime is
+            // stopping); there is nothing left to wait for either way.
+            let _ = rx.await;
+        }
+    }
+}
+
+impl ConnOrder {
+    fn next(&mut self, conn: u64) -> Turn {
+        let (done, tail) = oneshot::channel();
+        let after = self.tails.insert(conn, tail);
+        // Connections come and go without saying so: forget those with nothing in flight once
+        // the table has doubled, so it stays as large as the connections that are busy.
+        if self.tails.len() > 64.max(2 * self.pruned_at) {
+            self.tails.retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+            self.pruned_at = self.tails.len();
+        }
+        Turn { after, _done: done }
+    }
+}
+
 async fn send(out: &mpsc::Sender<Arc<Vec<u8>>>, request_id: u64, body: Body) {
     let _ = out.send(Arc::new(encode_frame(&Envelope { request_id, body: Some(body) }))).await;
 }
@@ -121,7 +172,7 @@ fn failed(error: i32, message: impl ToString) -> Body {
     Body::Failed(Failed { error, message: message.to_string() })
 }
 
-async fn register<M: MetaStore + Clone>(ctl: &Controller<M>, r: Register, session: &mut Option<SessionId>) -> Body {
+async fn register<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<M>, r: Register, session: &mut Option<SessionId>) -> Body {
     if r.protocol_version != PROTOCOL_VERSION {
         return failed(code::INVALID_REQUEST, format!("protocol version {} unsupported", r.protocol_version));
     }
@@ -150,7 +201,14 @@ async fn register<M: MetaStore + Clone>(ctl: &Controller<M>, r: Register, sessio
         .iter()
         .map(|(s, w)| Watermark { stream_id: *s, log_start: w.log_start, high_watermark: w.hwm })
         .collect();
-    Body::Registered(Registered { epoch: ctl.shared.epoch, cluster_id: ctl.shared.cluster_id.clone(), topics, controller_id: r.node_id, marks })
+    Body::Registered(Registered {
+        epoch: ctl.shared.epoch,
+        cluster_id: ctl.shared.cluster_id.clone(),
+        topics,
+        controller_id: r.node_id,
+        marks,
+        group_defaults: groups.config_defaults(),
+    })
 }
 
 async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<M>, body: Body) -> Body {

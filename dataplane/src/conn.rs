@@ -1,18 +1,26 @@
 //! One Kafka client connection: reads size-prefixed request frames, runs each request as its
-//! own task (so requests pipeline), and writes the responses strictly in request order, as
-//! Kafka requires.
+//! own task (so requests pipeline) that takes effect in the order read ([`crate::order`]), and
+//! writes the responses strictly in request order, as Kafka requires.
 //!
 //! Bad input closes the connection and nothing else: a length prefix that is negative or over
 //! `socket.request.max.bytes`, a frame cut short by EOF, an unknown API key or version, or a
 //! body that does not decode. Other connections are unaffected.
 
 use crate::api::{self, Reply};
+use crate::order::{ConnInfo, Order};
 use crate::shard::Shard;
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
+use std::cell::Cell;
 use std::rc::Rc;
+
+thread_local! {
+    /// Connection ids: a shard is one thread, so they are unique among the shard's connections,
+    /// which is what the coordinator needs to keep each connection's requests in order.
+    static NEXT_CONN_ID: Cell<u64> = const { Cell::new(1) };
+}
 
 /// Requests of one connection being worked on at once, and the bytes of their frames; past
 /// either, the connection is not read further until the oldest is answered (backpressure,
@@ -30,6 +38,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer_addr = stream.peer_addr().ok();
     let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     let peer_ip: Rc<str> = Rc::from(peer_addr.map(|a| a.ip().to_string()).unwrap_or_default());
+    let conn = ConnInfo::new(NEXT_CONN_ID.with(|n| n.replace(n.get() + 1)), peer_ip);
+    let mut order = Order::new();
     let _ = stream.set_nodelay(true);
     shard.metrics.add(crate::metrics::M::Connections, 1);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
@@ -78,15 +88,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             break;
         }
         let req = match api::parse(buf.freeze()) {
-            Ok(r) => api::Request { peer_ip: peer_ip.clone(), ..r },
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "bad request; closing connection");
                 break;
             }
         };
-        let s = shard.clone();
+        let (s, c, turn) = (shard.clone(), conn.clone(), order.next());
         let task = glommio::spawn_local(async move {
-            let reply = api::handle(s, req).await;
+            let reply = api::handle(s, req, c, turn).await;
             drop(permit);
             reply
         });

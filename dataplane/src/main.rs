@@ -14,6 +14,7 @@ mod config;
 mod conn;
 mod metrics;
 mod notify;
+mod order;
 mod rpc_client;
 mod shard;
 mod store;

@@ -8,7 +8,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
 use sluice_rpc::{body::Body, decode_frame, encode_frame, Envelope, Register, Registered, MAX_FRAME};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ pub struct RpcClient {
     /// Counts registrations: requests sent under one generation travel, in order, on one
     /// connection.
     generation: Cell<u64>,
+    /// Frames of requests sent with [`RpcClient::start_resending`] and not yet answered, by
+    /// request id: sent again, in this order, when a new connection is up.
+    resend: RefCell<BTreeMap<u64, Vec<u8>>>,
 }
 
 impl RpcClient {
@@ -53,6 +56,7 @@ impl RpcClient {
             ready: Cell::new(false),
             ready_changed: Notify::default(),
             generation: Cell::new(0),
+            resend: RefCell::default(),
         })
     }
 
@@ -60,6 +64,13 @@ impl RpcClient {
     /// none; gives up after `timeout`.
     pub async fn call(&self, body: Body, timeout: Duration) -> Result<Body, RpcError> {
         let deadline = Instant::now() + timeout;
+        self.wait_ready(deadline).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.send(body, left).await
+    }
+
+    /// Waits for a registered connection.
+    async fn wait_ready(&self, deadline: Instant) -> Result<(), RpcError> {
         while !self.ready.get() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -68,8 +79,7 @@ impl RpcClient {
             let wait = self.ready_changed.notified();
             let _ = glommio::timer::timeout(left, async { Ok(wait.await) }).await;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.send(body, left).await
+        Ok(())
     }
 
     /// The current connection's generation, if connected.
@@ -93,10 +103,30 @@ impl RpcClient {
         Some((id, rx))
     }
 
-    /// Waits for the answer to a request sent with [`RpcClient::start_on`].
+    /// Sends a request that outlives the connection: if the connection drops before the
+    /// answer, the request is sent again on the next one, ahead of anything new and in the
+    /// order the requests were first sent (the control plane ends up applying the same
+    /// sequence, with at most a repeat of those whose answers were lost). Returns once the
+    /// request has its place in that order, so requests started one after another are applied
+    /// one after another; wait for the answer with [`RpcClient::finish`].
+    pub async fn start_resending(&self, body: Body, deadline: Instant) -> Result<(u64, oneshot::Receiver<Body>), RpcError> {
+        self.wait_ready(deadline).await?;
+        let (id, rx, frame) = self.prepare(body);
+        self.resend.borrow_mut().insert(id, frame.clone());
+        let out = self.out.borrow().clone();
+        if let Some(out) = out {
+            // Err: the connection dropped; the frame goes out again on the next one.
+            let _ = out.send(frame).await;
+        }
+        Ok((id, rx))
+    }
+
+    /// Waits for the answer to a request sent with [`RpcClient::start_on`] or
+    /// [`RpcClient::start_resending`].
     pub async fn finish(&self, id: u64, rx: oneshot::Receiver<Body>, timeout: Duration) -> Result<Body, RpcError> {
         let r = glommio::timer::timeout(timeout, async { Ok(rx.await) }).await;
         self.pending.borrow_mut().remove(&id);
+        self.resend.borrow_mut().remove(&id);
         match r {
             Ok(Ok(body)) => Ok(body),
             _ => Err(RpcError::Unavailable),
@@ -178,6 +208,16 @@ impl RpcClient {
             match self.send(Body::Register(register.clone()), Duration::from_secs(10)).await {
                 Ok(Body::Registered(r)) => {
                     let _ = events.send(Event::Registered(r)).await;
+                    // Requests whose answers the last connection lost go first, in order.
+                    let again: Vec<Vec<u8>> = self.resend.borrow().values().cloned().collect();
+                    let out = self.out.borrow().clone();
+                    if let Some(out) = out {
+                        for frame in again {
+                            if out.send(frame).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
                     self.generation.set(self.generation.get() + 1);
                     self.ready.set(true);
                     self.ready_changed.notify_all();
@@ -189,10 +229,13 @@ impl RpcClient {
                 Ok(other) => tracing::error!(reply = ?other, "control plane refused registration"),
                 Err(_) => tracing::warn!("no answer to registration"),
             }
-            // Disconnected: fail what is in flight (callers retry), then reconnect.
+            // Disconnected: fail what is in flight (callers retry) except what is sent again
+            // on the next connection, then reconnect.
             self.ready.set(false);
             self.out.borrow_mut().take();
-            self.pending.borrow_mut().clear();
+            let resend = self.resend.borrow();
+            self.pending.borrow_mut().retain(|id, _| resend.contains_key(id));
+            drop(resend);
             let _ = writer.await;
             if register.shard == 0 {
                 tracing::warn!(addr = %self.addr, "lost control plane connection; reconnecting");
@@ -206,6 +249,7 @@ impl RpcClient {
         if env.request_id == 0 {
             let _ = events.send(Event::Note(body)).await;
         } else if let Some(tx) = self.pending.borrow_mut().remove(&env.request_id) {
+            self.resend.borrow_mut().remove(&env.request_id);
             let _ = tx.send(body);
         }
     }

@@ -38,6 +38,7 @@ pub mod code {
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const INVALID_RECORD: i16 = 87;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
 
 /// How long a request waits for the control plane before it answers with an error.
@@ -75,7 +76,11 @@ pub struct Marks {
 #[derive(Default)]
 pub struct MetaCache {
     pub cluster_id: String,
+    /// The coordinator's group config defaults (DescribeConfigs of a GROUP resource).
+    pub group_defaults: HashMap<String, String>,
     pub topics: HashMap<String, Rc<TopicMeta>>,
+    /// The same topics by id (Fetch and Produce name topics by id from v13).
+    pub topic_ids: HashMap<uuid::Uuid, Rc<TopicMeta>>,
     pub marks: HashMap<u64, Marks>,
 }
 
@@ -85,7 +90,19 @@ impl MetaCache {
         for s in &t.streams {
             self.marks.entry(*s).or_default();
         }
-        self.topics.insert(t.name.clone(), t);
+        self.topic_ids.insert(t.topic_id, t.clone());
+        if let Some(old) = self.topics.insert(t.name.clone(), t.clone()) {
+            if old.topic_id != t.topic_id {
+                self.topic_ids.remove(&old.topic_id);
+            }
+        }
+    }
+
+    /// Forgets a topic.
+    pub fn remove_topic(&mut self, name: &str) {
+        if let Some(t) = self.topics.remove(name) {
+            self.topic_ids.remove(&t.topic_id);
+        }
     }
 
     /// Raises a stream's marks (never lowers them: notifications and replies race).
@@ -109,6 +126,9 @@ pub struct AppendReq {
     pub max_timestamp: i64,
     /// Idempotent producer id, epoch and first sequence, when the request holds one such batch.
     pub producer: Option<(i64, i16, i32)>,
+    /// Told (sent to or dropped) once the batches hold their place in the partition's order:
+    /// in the open WAL buffer, or known as a retry. The connection's next request waits for it.
+    pub admitted: Option<oneshot::Sender<()>>,
 }
 
 /// Base offset and log start offset of an appended request, or a Kafka error code.
@@ -191,6 +211,11 @@ impl Shard {
         self.meta.borrow().topics.get(name).cloned()
     }
 
+    /// Looks up a topic by id in the local cache.
+    pub fn topic_by_id(&self, id: &uuid::Uuid) -> Option<Rc<TopicMeta>> {
+        self.meta.borrow().topic_ids.get(id).cloned()
+    }
+
     /// A stream's marks as this shard last heard them.
     pub fn marks(&self, stream: u64) -> Option<Marks> {
         self.meta.borrow().marks.get(&stream).copied()
@@ -228,8 +253,11 @@ impl Shard {
             Event::Registered(r) => {
                 let mut m = self.meta.borrow_mut();
                 m.cluster_id = r.cluster_id;
+                m.group_defaults = r.group_defaults;
                 let names: Vec<String> = r.topics.iter().map(|t| t.name.clone()).collect();
                 m.topics.retain(|n, _| names.contains(n));
+                let ids: Vec<uuid::Uuid> = m.topics.values().map(|t| t.topic_id).collect();
+                m.topic_ids.retain(|id, _| ids.contains(id));
                 for t in r.topics {
                     m.put_topic(t);
                 }
@@ -253,7 +281,7 @@ impl Shard {
             Event::Note(Body::TopicsDeleted(d)) => {
                 let mut m = self.meta.borrow_mut();
                 for n in d.names {
-                    m.topics.remove(&n);
+                    m.remove_topic(&n);
                 }
                 let mut cache = self.cache.borrow_mut();
                 for s in d.streams {

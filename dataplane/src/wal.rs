@@ -125,10 +125,15 @@ impl Wal {
 }
 
 /// Appends validated batches of a stream this shard owns; answers after commit.
-pub async fn append(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
+pub async fn append(shard: &Rc<Shard>, mut req: AppendReq) -> AppendResult {
     let wal = &shard.wal;
-    let Some((pid, epoch, seq)) = req.producer else { return append_new(shard, req).await };
+    let admitted = req.admitted.take();
+    let Some((pid, epoch, seq)) = req.producer else { return append_new(shard, req, admitted).await };
     let known = wal.recent.borrow().get(&(req.stream, pid)).and_then(|d| d.iter().find(|(e, s, _)| *e == epoch && *s == seq).map(|r| r.2));
+    // A retry of a batch already committed or on its way holds the original's place.
+    // (Dropping the sender tells the connection so.)
+    let retry = known.is_some() || wal.pending_seqs.borrow().contains_key(&(req.stream, pid, epoch, seq));
+    let admitted = if retry { None } else { admitted };
     if let Some(offset) = known {
         let log_start = shard.marks(req.stream).map(|m| m.log_start).unwrap_or(0);
         return Ok((offset, log_start));
@@ -143,15 +148,15 @@ pub async fn append(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
         return rx.await.unwrap_or(Err(code::UNKNOWN_SERVER_ERROR));
     }
     wal.pending_seqs.borrow_mut().insert(key, Vec::new());
-    let result = append_new(shard, req).await;
+    let result = append_new(shard, req, admitted).await;
     for w in wal.pending_seqs.borrow_mut().remove(&key).unwrap_or_default() {
         let _ = w.send(result);
     }
     result
 }
 
-/// Appends a batch not seen before.
-async fn append_new(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
+/// Appends a batch not seen before; tells `admitted` once it is in the open buffer.
+async fn append_new(shard: &Rc<Shard>, req: AppendReq, admitted: Option<oneshot::Sender<()>>) -> AppendResult {
     let wal = &shard.wal;
     let size = req.data.len() as u64;
     shard.metrics.add(M::ProduceBytes, size);
@@ -166,6 +171,9 @@ async fn append_new(shard: &Rc<Shard>, req: AppendReq) -> AppendResult {
     wal.open_bytes.set(wal.open_bytes.get() + req.data.len());
     let at = Instant::now();
     wal.open.borrow_mut().push(Pending { req, reply: tx, at });
+    if let Some(a) = admitted {
+        let _ = a.send(());
+    }
     if wal.open_bytes.get() >= wal.flush_bytes {
         cut(shard);
     } else if was_empty {

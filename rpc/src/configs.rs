@@ -75,6 +75,23 @@ pub const TOPIC_CONFIGS: &[TopicConfig] = &[
     TopicConfig { name: "unclean.leader.election.enable", default: "false", kind: ConfigType::Boolean, doc: "Accepted for compatibility; Sluice has no leaders to elect." },
 ];
 
+/// The configs of a group (Kafka 4.1's `GroupConfig`, DescribeConfigs resource type 32), sorted
+/// by name, with Kafka's defaults. The coordinator overrides the defaults of those that come
+/// from its flags (`consumer.session.timeout.ms`, `consumer.heartbeat.interval.ms`). Share and
+/// streams groups are not served; their configs are listed as Kafka lists them.
+pub const GROUP_CONFIGS: &[TopicConfig] = &[
+    TopicConfig { name: "consumer.heartbeat.interval.ms", default: "5000", kind: ConfigType::Int(1), doc: "The heartbeat interval given to the members of a consumer group (KIP-848)." },
+    TopicConfig { name: "consumer.session.timeout.ms", default: "45000", kind: ConfigType::Int(1), doc: "The timeout to detect client failures when using the consumer group protocol (KIP-848)." },
+    TopicConfig { name: "share.auto.offset.reset", default: "latest", kind: ConfigType::String(&["latest", "earliest", "by_duration"]), doc: "Where a share group starts consuming; share groups are not served." },
+    TopicConfig { name: "share.heartbeat.interval.ms", default: "5000", kind: ConfigType::Int(1), doc: "The heartbeat interval of share group members; share groups are not served." },
+    TopicConfig { name: "share.isolation.level", default: "read_uncommitted", kind: ConfigType::String(&["read_committed", "read_uncommitted"]), doc: "Which records a share group reads; share groups are not served." },
+    TopicConfig { name: "share.record.lock.duration.ms", default: "30000", kind: ConfigType::Int(1), doc: "How long a share group member holds a record; share groups are not served." },
+    TopicConfig { name: "share.session.timeout.ms", default: "45000", kind: ConfigType::Int(1), doc: "The session timeout of share group members; share groups are not served." },
+    TopicConfig { name: "streams.heartbeat.interval.ms", default: "5000", kind: ConfigType::Int(1), doc: "The heartbeat interval of streams group members; streams groups are not served." },
+    TopicConfig { name: "streams.num.standby.replicas", default: "0", kind: ConfigType::Int(0), doc: "Standby replicas of a streams group; streams groups are not served." },
+    TopicConfig { name: "streams.session.timeout.ms", default: "45000", kind: ConfigType::Int(1), doc: "The session timeout of streams group members; streams groups are not served." },
+];
+
 /// Looks up a topic config by name.
 pub fn topic_config(name: &str) -> Option<&'static TopicConfig> {
     TOPIC_CONFIGS.iter().find(|c| c.name == name)
@@ -119,6 +136,7 @@ mod tests {
     #[test]
     fn table_is_sorted_and_defaults_are_valid() {
         assert!(TOPIC_CONFIGS.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(GROUP_CONFIGS.windows(2).all(|w| w[0].name < w[1].name));
         for c in TOPIC_CONFIGS {
             assert_eq!(validate_topic_config(c.name, c.default), Ok(()), "{}", c.name);
         }

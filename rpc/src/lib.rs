@@ -17,6 +17,7 @@
 //! assert_eq!(decoded, env);
 //! ```
 
+pub mod acl;
 pub mod configs;
 pub mod forward;
 
@@ -213,6 +214,10 @@ pub struct Registered {
     /// Watermarks of every stream, so the shard's view starts current.
     #[prost(message, repeated, tag = "5")]
     pub marks: Vec<Watermark>,
+    /// The coordinator's defaults of the group configs that come from its flags
+    /// (`consumer.session.timeout.ms`, ...), for DescribeConfigs of a group.
+    #[prost(map = "string, string", tag = "6")]
+    pub group_defaults: std::collections::HashMap<String, String>,
 }
 
 /// A topic as the metadata store holds it.
@@ -508,10 +513,14 @@ pub struct OffsetForTime {
     /// Stream.
     #[prost(uint64, tag = "1")]
     pub stream_id: u64,
-    /// Timestamp in ms.
+    /// Timestamp in ms; or [`MAX_TIMESTAMP`], which asks for the first chunk holding the
+    /// stream's largest timestamp.
     #[prost(int64, tag = "2")]
     pub timestamp: i64,
 }
+
+/// Kafka's ListOffsets MAX_TIMESTAMP (-3): the record with the largest timestamp.
+pub const MAX_TIMESTAMP: i64 = -3;
 
 /// Answer to [`OffsetForTime`]: the entry, or none when every record is older.
 #[derive(Clone, PartialEq, Message)]
@@ -595,6 +604,12 @@ pub struct KafkaRequest {
     /// The client's address, as the data plane sees it.
     #[prost(string, tag = "5")]
     pub client_host: String,
+    /// The Kafka connection the request came on, unique on its shard's control plane
+    /// connection. The coordinator runs the requests of one Kafka connection one after another,
+    /// in the order they arrive (the order the client sent them), as Kafka does; requests of
+    /// different connections run concurrently.
+    #[prost(uint64, tag = "6")]
+    pub conn_id: u64,
 }
 
 /// Answer to [`KafkaRequest`].

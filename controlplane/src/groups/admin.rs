@@ -11,21 +11,31 @@ use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
 use kafka_protocol::messages::list_groups_response::{ListGroupsResponse, ListedGroup};
 use kafka_protocol::messages::GroupId;
 
-/// Authorized operations are not computed (no ACLs yet): Kafka's "not requested" value.
-const OPS_UNKNOWN: i32 = i32::MIN;
+use sluice_rpc::acl;
 
 impl<M: MetaStore + Clone> Coordinator<M> {
-    pub(super) async fn describe_groups(&self, req: DescribeGroupsRequest, _version: i16, _client: &Client) -> DescribeGroupsResponse {
+    pub(super) async fn describe_groups(&self, req: DescribeGroupsRequest, version: i16, _client: &Client) -> DescribeGroupsResponse {
+        let ops = acl::if_asked(version >= 3 && req.include_authorized_operations, acl::GROUP_OPS);
+        // A group that does not exist is "Dead"; from v6 (KIP-1043) also GROUP_ID_NOT_FOUND.
+        let dead = |d: DescribedGroup| {
+            let d = d.with_group_state(sb("Dead"));
+            if version >= 6 {
+                let message = format!("Group {} not found.", d.group_id.as_str());
+                d.with_error_code(err::GROUP_ID_NOT_FOUND).with_error_message(Some(sb(&message))).with_authorized_operations(acl::NOT_REQUESTED)
+            } else {
+                d
+            }
+        };
         let mut out = Vec::new();
         for id in req.groups {
-            let d = DescribedGroup::default().with_group_id(id.clone()).with_authorized_operations(OPS_UNKNOWN);
+            let d = DescribedGroup::default().with_group_id(id.clone()).with_authorized_operations(ops);
             let Some(g) = self.existing(&id) else {
-                out.push(d.with_group_state(sb("Dead")));
+                out.push(dead(d));
                 continue;
             };
             let g = g.lock().await;
             if !g.exists && g.is_empty() {
-                out.push(d.with_group_state(sb("Dead")));
+                out.push(dead(d));
                 continue;
             }
             let described = |id: &str, instance: Option<&str>, client_id: &str, host: &str| {

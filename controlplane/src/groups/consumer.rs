@@ -702,6 +702,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
     }
 
     pub(super) async fn consumer_describe(&self, req: ConsumerGroupDescribeRequest, _version: i16, _client: &Client) -> describe::ConsumerGroupDescribeResponse {
+        let ops = sluice_rpc::acl::if_asked(req.include_authorized_operations, sluice_rpc::acl::GROUP_OPS);
         let topics = self.topics();
         let names: BTreeMap<[u8; 16], String> = topics.iter().map(|(n, (id, _))| (*id, n.clone())).collect();
         let wire = |p: &Parts| {
@@ -718,10 +719,11 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         };
         let mut out = Vec::new();
         for id in req.group_ids {
-            let d = describe::DescribedGroup::default().with_group_id(id.clone()).with_authorized_operations(i32::MIN);
+            let d = describe::DescribedGroup::default().with_group_id(id.clone()).with_authorized_operations(ops);
             let g = match self.existing(&id) {
                 Some(g) => g,
                 None => {
+                    let d = d.with_authorized_operations(sluice_rpc::acl::NOT_REQUESTED);
                     out.push(d.with_error_code(err::GROUP_ID_NOT_FOUND).with_error_message(Some(sb(&format!("Group {} not found.", id.as_str())))));
                     continue;
                 }
@@ -729,6 +731,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             let g = g.lock().await;
             let is_consumer = g.kind() == Some(Kind::Consumer) || (g.is_empty() && g.group_type() == "consumer");
             if !is_consumer {
+                let d = d.with_authorized_operations(sluice_rpc::acl::NOT_REQUESTED);
                 out.push(d.with_error_code(err::GROUP_ID_NOT_FOUND).with_error_message(Some(sb(&format!("Group {} is not a consumer group.", id.as_str())))));
                 continue;
             }

@@ -186,6 +186,15 @@ pub struct Coordinator<M> {
 }
 
 impl<M: MetaStore + Clone> Coordinator<M> {
+    /// The group configs whose defaults come from the coordinator's flags, with those
+    /// defaults (Kafka's `GroupConfig`: the broker's `group.consumer.*` settings).
+    pub fn config_defaults(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("consumer.session.timeout.ms".to_string(), self.cfg.consumer_session_timeout.as_millis().to_string()),
+            ("consumer.heartbeat.interval.ms".to_string(), self.cfg.consumer_heartbeat_interval.as_millis().to_string()),
+        ])
+    }
+
     /// Loads every group from the store and starts the timeout sweeper.
     pub async fn start(shared: Arc<Shared<M>>, cfg: GroupConfig) -> Result<Arc<Self>, MetaError> {
         let (a, b) = keys::groups();

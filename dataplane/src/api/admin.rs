@@ -112,7 +112,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest, version:
     };
     for (name, id) in targets.iter_mut() {
         if name.is_none() {
-            *name = shard.meta.borrow().topics.values().find(|t| t.topic_id == *id).map(|t| t.name.clone());
+            *name = shard.topic_by_id(id).map(|t| t.name.clone());
         }
     }
     let mut results = Vec::with_capacity(targets.len());
@@ -140,7 +140,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest, version:
                     r.error_message = rep.message.map(|m| sb(&m));
                 }
                 if rep.error == 0 {
-                    shard.meta.borrow_mut().topics.remove(&n);
+                    shard.meta.borrow_mut().remove_topic(&n);
                 }
             }
         }

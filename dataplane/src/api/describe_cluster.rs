@@ -1,15 +1,16 @@
 //! DescribeCluster: the cluster id and the data planes registered with the control plane.
 
-use super::metadata::OPS_UNKNOWN;
 use super::sb;
 use crate::shard::{Shard, RPC_TIMEOUT};
 use kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
 use kafka_protocol::messages::describe_cluster_response::{DescribeClusterBroker, DescribeClusterResponse};
 use kafka_protocol::messages::BrokerId;
-use sluice_rpc::{body::Body, Broker, GetBrokers};
+use sluice_rpc::{acl, body::Body, Broker, GetBrokers};
 use std::rc::Rc;
 
-pub async fn handle(shard: &Rc<Shard>, _req: DescribeClusterRequest, _version: i16) -> DescribeClusterResponse {
+/// Data planes are never fenced: one that stops heartbeating leaves the list, so v2's
+/// `include_fenced_brokers` changes nothing.
+pub async fn handle(shard: &Rc<Shard>, req: DescribeClusterRequest, _version: i16) -> DescribeClusterResponse {
     let me = Broker {
         node_id: shard.cfg.node_id,
         host: shard.cfg.advertised_host.clone(),
@@ -38,5 +39,5 @@ pub async fn handle(shard: &Rc<Shard>, _req: DescribeClusterRequest, _version: i
         .with_cluster_id(sb(&shard.meta.borrow().cluster_id))
         .with_controller_id(BrokerId(shard.cfg.node_id))
         .with_brokers(brokers)
-        .with_cluster_authorized_operations(OPS_UNKNOWN)
+        .with_cluster_authorized_operations(acl::if_asked(req.include_cluster_authorized_operations, acl::CLUSTER_OPS))
 }

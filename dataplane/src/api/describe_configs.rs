@@ -1,4 +1,5 @@
-//! DescribeConfigs for topics (every topic config, set or Kafka's default) and for this broker.
+//! DescribeConfigs for topics (every topic config, set or Kafka's default), for this broker, and
+//! for groups (Kafka 4.1's group configs with the coordinator's defaults).
 
 use super::metadata::resolve;
 use super::sb;
@@ -7,11 +8,12 @@ use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult, DescribeConfigsSynonym,
 };
-use sluice_rpc::configs::{ConfigType, TOPIC_CONFIGS};
+use sluice_rpc::configs::{ConfigType, GROUP_CONFIGS, TOPIC_CONFIGS};
 use std::rc::Rc;
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
+const GROUP: i8 = 32;
 // Kafka's ConfigSource codes.
 const TOPIC_CONFIG: i8 = 1;
 const STATIC_BROKER_CONFIG: i8 = 4;
@@ -39,6 +41,10 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeConfigsRequest, version: i16
             },
             BROKER if name.is_empty() || name == shard.cfg.node_id.to_string() => Ok(broker_entries(shard)),
             BROKER => Err((code::INVALID_REQUEST, format!("Unexpected broker id, expected {} but received {name}", shard.cfg.node_id))),
+            // Groups have no per-group overrides here (IncrementalAlterConfigs is not served):
+            // every group, existing or not, has the defaults, as in Kafka.
+            GROUP if !name.is_empty() => Ok(group_entries(shard)),
+            GROUP => Err((code::INVALID_REQUEST, "Group name must not be empty".to_string())),
             other => Err((code::INVALID_REQUEST, format!("Unsupported resource type {other}"))),
         };
         match entries {
@@ -125,4 +131,19 @@ fn broker_entries(shard: &Shard) -> Vec<Entry> {
         e("sluice.wal.flush.interval.ms", c.wal_flush_interval.as_millis().to_string(), long, "Longest a batch waits before its WAL object is cut."),
         e("socket.request.max.bytes", c.socket_request_max_bytes.to_string(), int, "Largest request frame."),
     ]
+}
+
+fn group_entries(shard: &Shard) -> Vec<Entry> {
+    let meta = shard.meta.borrow();
+    GROUP_CONFIGS
+        .iter()
+        .map(|c| Entry {
+            name: c.name.into(),
+            value: meta.group_defaults.get(c.name).cloned().unwrap_or_else(|| c.default.to_string()),
+            source: DEFAULT_CONFIG,
+            kind: c.kind,
+            doc: c.doc,
+            default: None,
+        })
+        .collect()
 }

@@ -1,8 +1,10 @@
 //! Fetch: read each partition on its owner shard, and long-poll (`max_wait_ms`, `min_bytes`) on
 //! this shard's watermark notifications, never by sleeping in a loop. Fetch sessions (KIP-227)
-//! are answered with session id 0: every fetch is a full fetch.
+//! are answered with session id 0: every fetch is a full fetch. From v13 topics are named by id;
+//! the replica fields of newer versions (v15's replica state, v17's directory id, v18's high
+//! watermark) concern followers, which Sluice does not have.
 
-use super::metadata::resolve;
+use super::metadata::{resolve, resolve_id};
 use crate::cache::Piece;
 use crate::shard::{code, Marks, ReadReq, Shard};
 use bytes::{Bytes, BytesMut};
@@ -15,8 +17,8 @@ use std::time::{Duration, Instant};
 struct Want {
     topic: usize,
     partition: i32,
-    /// `None` when the topic or partition does not exist.
-    target: Option<(u64, usize)>,
+    /// The stream and its owner shard, or why there is none.
+    target: Result<(u64, usize), i16>,
     offset: i64,
     max_bytes: usize,
 }
@@ -28,12 +30,13 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     let mut wants = Vec::new();
     let mut names = Vec::with_capacity(req.topics.len());
     for (ti, t) in req.topics.iter().enumerate() {
-        names.push(t.topic.clone());
-        let topic = resolve(shard, &t.topic.0, false).await.ok();
+        // From v13 topics are named by id (and the answer carries the id, not the name).
+        names.push((t.topic.clone(), t.topic_id));
+        let topic = if version >= 13 { resolve_id(shard, &t.topic_id).await } else { resolve(shard, &t.topic.0, false).await.map_err(|_| code::UNKNOWN_TOPIC_OR_PARTITION) };
         for p in &t.partitions {
-            let target = topic.as_ref().and_then(|topic| {
-                let stream = *topic.streams.get(usize::try_from(p.partition).ok()?)?;
-                Some((stream, shard.owner(&topic.topic_id, p.partition)))
+            let target = topic.as_ref().map_err(|e| *e).and_then(|topic| {
+                let stream = usize::try_from(p.partition).ok().and_then(|i| topic.streams.get(i)).ok_or(code::UNKNOWN_TOPIC_OR_PARTITION)?;
+                Ok((*stream, shard.owner(&topic.topic_id, p.partition)))
             });
             wants.push(Want {
                 topic: ti,
@@ -56,7 +59,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         }
         // Data may have arrived between the reads and now: check this shard's view first.
         let advanced = wants.iter().zip(&results).any(|(w, r)| {
-            w.target.and_then(|(s, _)| shard.marks(s)).is_some_and(|m| m.hwm > r.2.hwm.max(w.offset))
+            w.target.ok().and_then(|(s, _)| shard.marks(s)).is_some_and(|m| m.hwm > r.2.hwm.max(w.offset))
         });
         if advanced {
             continue;
@@ -69,12 +72,13 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     };
     shard.metrics.add(crate::metrics::M::FetchBytes, results.iter().map(|r| r.1.len() as u64).sum());
     let mut topics: Vec<FetchableTopicResponse> =
-        names.into_iter().map(|n| FetchableTopicResponse::default().with_topic(n)).collect();
+        names.into_iter().map(|(name, id)| FetchableTopicResponse::default().with_topic(name).with_topic_id(id)).collect();
     for (w, (error, records, marks)) in wants.iter().zip(results) {
+        let unknown = matches!(error, code::UNKNOWN_TOPIC_OR_PARTITION | code::UNKNOWN_TOPIC_ID);
         let data = PartitionData::default()
             .with_partition_index(w.partition)
             .with_error_code(error)
-            .with_high_watermark(if error == code::UNKNOWN_TOPIC_OR_PARTITION { -1 } else { marks.hwm })
+            .with_high_watermark(if unknown { -1 } else { marks.hwm })
             .with_last_stable_offset(marks.hwm)
             .with_log_start_offset(if version >= 5 { marks.log_start } else { -1 })
             .with_aborted_transactions(Some(Vec::new()))
@@ -93,8 +97,9 @@ async fn read_all(shard: &Rc<Shard>, wants: &[Want], max_bytes: usize) -> Vec<(i
         let target = w.target;
         let (offset, max) = (w.offset, w.max_bytes);
         async move {
-            let Some((stream, owner)) = target else {
-                return (code::UNKNOWN_TOPIC_OR_PARTITION, Vec::new(), Marks::default());
+            let (stream, owner) = match target {
+                Ok(t) => t,
+                Err(e) => return (e, Vec::new(), Marks::default()),
             };
             let r = s.read(owner, ReadReq { stream, offset, max_bytes: max.max(1) }).await;
             (r.error, r.batches, r.marks)

@@ -11,61 +11,83 @@ use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoord
 use kafka_protocol::messages::{ApiKey, BrokerId};
 use sluice_rpc::{body::Body, forward, KafkaRequest};
 use std::rc::Rc;
-use crate::rpc_client::RpcError;
+use crate::order::{ConnInfo, Turn};
 use std::time::{Duration, Instant};
 
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const INVALID_REQUEST: i16 = 42;
+/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED: what FindCoordinator answers for a transactional id.
+/// librdkafka, the Java client and kafka-python all treat it as fatal, so `init_transactions()`
+/// fails at once (librdkafka shows the error message) instead of retrying until its timeout,
+/// as they do on INVALID_REQUEST or COORDINATOR_NOT_AVAILABLE.
+const TRANSACTIONS_REFUSED: i16 = 53;
 /// Key types of FindCoordinator: 0 group, 1 transaction, 2 share group.
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 /// JoinGroup and SyncGroup wait for the whole group, up to its rebalance timeout (the clients'
 /// `max.poll.interval.ms`, 5 minutes by default); the coordinator enforces that timeout, this
 /// only bounds a lost answer.
 const LONG_CALL: Duration = Duration::from_secs(30 * 60);
-/// Pause before sending a request again after the control plane connection dropped.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 pub async fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let host = sb(&shard.cfg.advertised_host);
     let port = i32::from(shard.cfg.listen.port());
     let node = BrokerId(shard.cfg.node_id);
-    let error = if req.key_type == KEY_TYPE_GROUP { 0 } else { INVALID_REQUEST };
+    let (error, message) = match req.key_type {
+        KEY_TYPE_GROUP => (0, None),
+        KEY_TYPE_TRANSACTION => (TRANSACTIONS_REFUSED, Some(sb("Transactions are not supported by Sluice"))),
+        other => (INVALID_REQUEST, Some(sb(&format!("Coordinator key type {other} is not supported by Sluice")))),
+    };
     if version < 4 {
         let resp = FindCoordinatorResponse::default().with_error_code(error);
-        return if error == 0 { resp.with_node_id(node).with_host(host).with_port(port) } else { resp.with_node_id(BrokerId(-1)) };
+        if error == 0 {
+            return resp.with_node_id(node).with_host(host).with_port(port);
+        }
+        let resp = resp.with_node_id(BrokerId(-1));
+        return if version >= 1 { resp.with_error_message(message) } else { resp };
     }
     let coordinators = req
         .coordinator_keys
         .into_iter()
         .map(|key| {
             let c = Coordinator::default().with_key(key).with_error_code(error);
-            if error == 0 { c.with_node_id(node).with_host(host.clone()).with_port(port) } else { c.with_node_id(BrokerId(-1)) }
+            if error == 0 {
+                c.with_node_id(node).with_host(host.clone()).with_port(port)
+            } else {
+                c.with_node_id(BrokerId(-1)).with_error_message(message.clone())
+            }
         })
         .collect();
     FindCoordinatorResponse::default().with_coordinators(coordinators)
 }
 
-/// Sends a group request to the coordinator and frames its answer.
-pub async fn forward(shard: &Rc<Shard>, req: &Request) -> Reply {
+/// Sends a group request to the coordinator when its turn comes and frames its answer. The
+/// turn passes on once the request has its place in the control plane connection's order; the
+/// coordinator then runs the connection's requests in that order.
+pub async fn forward(shard: &Rc<Shard>, req: &Request, conn: &ConnInfo, mut turn: Turn) -> Reply {
+    turn.wait().await;
     let timeout = if matches!(req.api, ApiKey::JoinGroup | ApiKey::SyncGroup) { LONG_CALL } else { RPC_TIMEOUT };
+    // Queued behind the connection's earlier requests, its wait starts when theirs ends.
+    let deadline = Instant::now().max(conn.forward_deadline.get()) + timeout;
+    conn.forward_deadline.set(deadline);
     let call = KafkaRequest {
         api_key: req.api as i32,
         api_version: i32::from(req.version),
         body: req.body.clone(),
         client_id: req.header.client_id.as_deref().unwrap_or("").to_string(),
-        client_host: format!("/{}", req.peer_ip),
+        client_host: format!("/{}", conn.peer_ip),
+        conn_id: conn.id,
     };
-    // A control plane restart drops requests in flight; each is sent again once the connection
-    // is back (group requests are safe to repeat), so a restart costs members time, not errors
-    // (some clients give up on a partition whose committed offset they could not fetch).
-    let deadline = Instant::now() + timeout;
-    let reply = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match shard.rpc.call(Body::KafkaRequest(call.clone()), left).await {
-            Err(RpcError::Unavailable) if Instant::now() + RETRY_PAUSE < deadline => glommio::timer::sleep(RETRY_PAUSE).await,
-            r => break r,
-        }
+    // A control plane restart drops requests in flight; the RPC client sends them again, in
+    // order, once the connection is back (group requests are safe to repeat), so a restart
+    // costs members time, not errors (some clients give up on a partition whose committed
+    // offset they could not fetch).
+    let sent = shard.rpc.start_resending(Body::KafkaRequest(call), deadline).await;
+    turn.pass();
+    let reply = match sent {
+        Ok((id, rx)) => shard.rpc.finish(id, rx, deadline.saturating_duration_since(Instant::now())).await,
+        Err(e) => Err(e),
     };
     let body = match reply {
         Ok(Body::KafkaResponse(r)) => Some(r.body),

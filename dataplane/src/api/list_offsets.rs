@@ -1,6 +1,9 @@
 //! ListOffsets: earliest (-2) and latest (-1) from the control plane's authoritative watermarks;
 //! by timestamp through the index (first chunk whose max timestamp reaches the target) and a scan
-//! of that chunk's batches.
+//! of that chunk's batches. Kafka 4.x's other special timestamps: the record with the largest
+//! timestamp (-3, v7+), the earliest local offset (-4, v8+: the log start, as nothing here is
+//! tiered apart from the log) and the latest tiered offset (-5, v9+: none, -1, as on a Kafka
+//! broker without tiered storage).
 
 use super::metadata::resolve;
 use crate::shard::{code, Shard, RPC_TIMEOUT};
@@ -12,6 +15,21 @@ use std::rc::Rc;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+/// The first version that accepts a special timestamp.
+fn min_version(timestamp: i64) -> Option<i16> {
+    match timestamp {
+        LATEST | EARLIEST => Some(0),
+        MAX_TIMESTAMP => Some(7),
+        EARLIEST_LOCAL => Some(8),
+        LATEST_TIERED => Some(9),
+        ts if ts >= 0 => Some(0),
+        _ => None,
+    }
+}
 
 pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     // Resolve every partition first, then ask for all watermarks in one call.
@@ -54,10 +72,15 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
             if version >= 4 {
                 r.leader_epoch = 0;
             }
+            if min_version(p.timestamp).is_none_or(|min| version < min) {
+                parts.push(r.with_error_code(code::UNSUPPORTED_VERSION));
+                continue;
+            }
             match p.timestamp {
                 LATEST => r.offset = m.high_watermark,
-                EARLIEST => r.offset = m.log_start,
-                ts if ts >= 0 => match by_time(shard, stream, ts).await {
+                EARLIEST | EARLIEST_LOCAL => r.offset = m.log_start,
+                LATEST_TIERED => {}
+                ts => match by_time(shard, stream, ts).await {
                     Ok(Some((offset, timestamp))) => {
                         r.offset = offset;
                         r.timestamp = timestamp;
@@ -65,7 +88,6 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
                     Ok(None) => {}
                     Err(e) => r.error_code = e,
                 },
-                _ => r.error_code = code::INVALID_REQUEST,
             }
             parts.push(r);
         }
@@ -74,9 +96,10 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// The first offset whose record timestamp is at or after `ts`, with that timestamp. Records of
-/// uncompressed batches are scanned in place; compressed batches are decompressed (only here:
-/// produce and fetch never decompress).
+/// The first offset whose record timestamp is at or after `ts`, with that timestamp; for
+/// [`MAX_TIMESTAMP`], the first record with the largest timestamp. Records of uncompressed
+/// batches are scanned in place; compressed batches are decompressed (only here: produce and
+/// fetch never decompress).
 async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64)>, i16> {
     let entry: IndexEntry = match shard.rpc.call(Body::OffsetForTime(OffsetForTime { stream_id: stream, timestamp: ts }), RPC_TIMEOUT).await {
         Ok(Body::OffsetForTimeReply(r)) if r.error == 0 => match r.entry {
@@ -86,6 +109,9 @@ async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64
         Ok(Body::OffsetForTimeReply(r)) => return Err(r.error as i16),
         _ => return Err(code::REQUEST_TIMED_OUT),
     };
+    // The chunk holding the largest timestamp is the first to reach it, and no record before
+    // it in the chunk does: the first record at or after it is the one.
+    let ts = if ts == MAX_TIMESTAMP { entry.max_timestamp } else { ts };
     let data = shard.store.get_range(&entry.object_key, entry.position, entry.length as usize).await.map_err(|_| code::KAFKA_STORAGE_ERROR)?;
     let batches = wal_format::batch::split(&data).map_err(|_| code::KAFKA_STORAGE_ERROR)?;
     let mut base = entry.base_offset;

@@ -11,11 +11,13 @@ use kafka_protocol::messages::{BrokerId, TopicName};
 use sluice_rpc::{body::Body, NewTopic};
 use std::rc::Rc;
 
-/// Kafka's "authorized operations not requested" marker.
-pub const OPS_UNKNOWN: i32 = i32::MIN;
+use sluice_rpc::acl;
 
 pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let node = shard.cfg.node_id;
+    // v8+ may ask for authorized operations (the cluster's only up to v10).
+    let topic_ops = acl::if_asked(version >= 8 && req.include_topic_authorized_operations, acl::TOPIC_OPS);
+    let cluster_ops = acl::if_asked((8..=10).contains(&version) && req.include_cluster_authorized_operations, acl::CLUSTER_OPS);
     let broker = MetadataResponseBroker::default()
         .with_node_id(BrokerId(node))
         .with_host(sb(&shard.cfg.advertised_host))
@@ -29,7 +31,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             t.into_iter()
                 .map(|t| match t.name {
                     Some(n) => Some(n.0.to_string()),
-                    None => shard.meta.borrow().topics.values().find(|m| m.topic_id == t.topic_id).map(|m| m.name.clone()),
+                    None => shard.topic_by_id(&t.topic_id).map(|m| m.name.clone()),
                 })
                 .collect(),
         ),
@@ -39,21 +41,21 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         None => {
             let mut all: Vec<Rc<TopicMeta>> = shard.meta.borrow().topics.values().cloned().collect();
             all.sort_by(|a, b| a.name.cmp(&b.name));
-            all.iter().map(|t| describe(t, node, version)).collect()
+            all.iter().map(|t| describe(t, node, version, topic_ops)).collect()
         }
         Some(names) => {
             let mut out = Vec::with_capacity(names.len());
             for name in names {
                 let Some(name) = name else {
-                    out.push(MetadataResponseTopic::default().with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION).with_topic_authorized_operations(OPS_UNKNOWN));
+                    out.push(MetadataResponseTopic::default().with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION).with_topic_authorized_operations(acl::NOT_REQUESTED));
                     continue;
                 };
                 out.push(match resolve(shard, &name, allow_create).await {
-                    Ok(t) => describe(&t, node, version),
+                    Ok(t) => describe(&t, node, version, topic_ops),
                     Err(e) => MetadataResponseTopic::default()
                         .with_name(Some(TopicName(sb(&name))))
                         .with_error_code(e)
-                        .with_topic_authorized_operations(OPS_UNKNOWN),
+                        .with_topic_authorized_operations(acl::NOT_REQUESTED),
                 });
             }
             out
@@ -66,6 +68,9 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     }
     if version >= 2 {
         resp.cluster_id = Some(sb(&shard.meta.borrow().cluster_id));
+    }
+    if (8..=10).contains(&version) {
+        resp.cluster_authorized_operations = cluster_ops;
     }
     resp
 }
@@ -115,7 +120,28 @@ pub async fn resolve(shard: &Rc<Shard>, name: &str, allow_create: bool) -> Resul
     }
 }
 
-fn describe(t: &TopicMeta, node: i32, version: i16) -> MetadataResponseTopic {
+/// Finds a topic by id (Fetch and Produce v13+): in the shard's cache, else in the control
+/// plane's topic list (a topic created through another data plane may not have reached this
+/// shard yet).
+pub async fn resolve_id(shard: &Rc<Shard>, id: &uuid::Uuid) -> Result<Rc<TopicMeta>, i16> {
+    if let Some(t) = shard.topic_by_id(id) {
+        return Ok(t);
+    }
+    if id.is_nil() {
+        return Err(code::UNKNOWN_TOPIC_ID);
+    }
+    match shard.rpc.call(Body::GetTopics(sluice_rpc::GetTopics { names: Vec::new() }), RPC_TIMEOUT).await {
+        Ok(Body::Topics(t)) => {
+            for t in t.topics.into_iter().filter(|t| t.topic_id == id.as_bytes()) {
+                shard.learn_topic(t);
+            }
+            shard.topic_by_id(id).ok_or(code::UNKNOWN_TOPIC_ID)
+        }
+        _ => Err(code::LEADER_NOT_AVAILABLE),
+    }
+}
+
+fn describe(t: &TopicMeta, node: i32, version: i16, ops: i32) -> MetadataResponseTopic {
     let partitions = (0..t.streams.len() as i32)
         .map(|p| {
             MetadataResponsePartition::default()
@@ -130,5 +156,5 @@ fn describe(t: &TopicMeta, node: i32, version: i16) -> MetadataResponseTopic {
         .with_name(Some(TopicName(sb(&t.name))))
         .with_topic_id(if version >= 10 { t.topic_id } else { uuid::Uuid::nil() })
         .with_partitions(partitions)
-        .with_topic_authorized_operations(OPS_UNKNOWN)
+        .with_topic_authorized_operations(ops)
 }

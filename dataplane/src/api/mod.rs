@@ -15,27 +15,36 @@ mod list_offsets;
 mod metadata;
 mod produce;
 
+use crate::order::{ConnInfo, Turn};
 use crate::shard::Shard;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use std::rc::Rc;
 
-/// APIs and version ranges served (and advertised by ApiVersions). Each range is within what
-/// `kafka-protocol` encodes and what the handlers implement: Fetch stops before v13 (topic ids
-/// instead of names), ListOffsets before v7 (max-timestamp lookups), Produce before v12.
+/// APIs and version ranges served (and advertised by ApiVersions): what Kafka 4.1 serves, for
+/// every API here. Kafka 4.1's OffsetCommit and OffsetFetch v10 (topic ids) and InitProducerId
+/// v6 (two-phase commit) are marked unstable there and not advertised, so not here either.
+/// What each version adds and how it is answered:
+/// - Produce v12 (transactions v2, only inside transactions), v13 (topics by id).
+/// - Fetch v13 (topics by id), v14-v18 (tiered storage and follower fields, nothing to answer).
+/// - ListOffsets v7-v9 (MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED), v10 (a timeout for
+///   tiered look-ups, none here).
+/// - Metadata v13 (a top-level error code, always 0 here).
+/// - DescribeCluster v2 (fenced brokers: a data plane is either registered or gone).
+/// - InitProducerId v5 (a new error code for transactions, which are refused anyway).
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 6),
-    (ApiKey::Metadata, 0, 12),
+    (ApiKey::Produce, 3, 13),
+    (ApiKey::Fetch, 4, 18),
+    (ApiKey::ListOffsets, 1, 10),
+    (ApiKey::Metadata, 0, 13),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::DescribeCluster, 0, 1),
-    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
     (ApiKey::FindCoordinator, 0, 6),
 ];
 
@@ -58,8 +67,6 @@ pub struct Request {
     pub body: Bytes,
     /// An ApiVersions request at a version we do not know: answered with UNSUPPORTED_VERSION.
     pub unsupported_api_versions: bool,
-    /// The client's IP address (group APIs report it as the member's host).
-    pub peer_ip: Rc<str>,
 }
 
 /// Why a frame was refused.
@@ -102,10 +109,10 @@ pub fn parse(mut frame: Bytes) -> Result<Request, ParseError> {
         // UNSUPPORTED_VERSION and its ranges; only the correlation id (bytes 4..8) is needed.
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
         let header = RequestHeader::default().with_request_api_key(key).with_request_api_version(version).with_correlation_id(correlation_id);
-        return Ok(Request { api, version, header, body: Bytes::new(), unsupported_api_versions: true, peer_ip: Rc::from("") });
+        return Ok(Request { api, version, header, body: Bytes::new(), unsupported_api_versions: true });
     }
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(|e| ParseError::Header(e.to_string()))?;
-    Ok(Request { api, version, header, body: frame, unsupported_api_versions: false, peer_ip: Rc::from("") })
+    Ok(Request { api, version, header, body: frame, unsupported_api_versions: false })
 }
 
 /// Encodes a response frame: size, header, body.
@@ -151,9 +158,23 @@ fn decode<T: Decodable>(req: &mut Request) -> Option<T> {
     }
 }
 
-/// Runs one request.
-pub async fn handle(shard: Rc<Shard>, mut req: Request) -> Reply {
+/// Runs one request of a connection when its turn comes (see [`crate::order`]): Produce and the
+/// forwarded group APIs pass the turn on once their effect is ordered, every other request when
+/// it is done.
+pub async fn handle(shard: Rc<Shard>, mut req: Request, conn: Rc<ConnInfo>, mut turn: Turn) -> Reply {
     let v = req.version;
+    if req.api == ApiKey::Produce {
+        shard.metrics.add(crate::metrics::M::ProduceRequests, 1);
+        let Some(body) = decode(&mut req) else { return Reply::Close };
+        return match produce::handle(&shard, body, v, turn).await {
+            Some(resp) => encode(&req, v, &resp),
+            None => Reply::Nothing,
+        };
+    }
+    if sluice_rpc::forward::is_group_api(req.api) {
+        return group::forward(&shard, &req, &conn, turn).await;
+    }
+    turn.wait().await;
     macro_rules! run {
         ($handler:path) => {{
             let Some(body) = decode(&mut req) else { return Reply::Close };
@@ -163,14 +184,6 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request) -> Reply {
     }
     match req.api {
         ApiKey::ApiVersions => api_versions::handle(&req),
-        ApiKey::Produce => {
-            shard.metrics.add(crate::metrics::M::ProduceRequests, 1);
-            let Some(body) = decode(&mut req) else { return Reply::Close };
-            match produce::handle(&shard, body, v).await {
-                Some(resp) => encode(&req, v, &resp),
-                None => Reply::Nothing,
-            }
-        }
         ApiKey::Fetch => {
             shard.metrics.add(crate::metrics::M::FetchRequests, 1);
             run!(fetch::handle)
@@ -184,7 +197,6 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request) -> Reply {
         ApiKey::DescribeCluster => run!(describe_cluster::handle),
         ApiKey::InitProducerId => run!(init_producer_id::handle),
         ApiKey::FindCoordinator => run!(group::find_coordinator),
-        api if sluice_rpc::forward::is_group_api(api) => group::forward(&shard, &req).await,
         other => {
             tracing::warn!(api = ?other, "unsupported API; closing connection");
             Reply::Close

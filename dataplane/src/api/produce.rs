@@ -2,9 +2,12 @@
 //! their records, hand them to the partition's owner shard, and answer once every partition's
 //! batches are durable and committed. acks=0 gets no response, as in Kafka.
 
-use super::metadata::resolve;
+use super::metadata::{resolve, resolve_id};
 use crate::shard::{code, AppendReq, Shard};
+use crate::order::Turn;
 use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::Either;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse, TopicProduceResponse};
 use std::rc::Rc;
@@ -41,28 +44,40 @@ pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<Ap
         offset_count += h.offset_count();
         max_timestamp = max_timestamp.max(h.max_timestamp);
     }
-    Ok(AppendReq { stream, data, batches, offset_count, max_timestamp, producer })
+    Ok(AppendReq { stream, data, batches, offset_count, max_timestamp, producer, admitted: None })
 }
 
 fn partition(index: i32, error: i16) -> PartitionProduceResponse {
     PartitionProduceResponse::default().with_index(index).with_error_code(error).with_base_offset(-1).with_log_append_time_ms(-1).with_log_start_offset(-1)
 }
 
-pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+/// Runs a produce request when its turn comes; passes the turn on once every batch holds its
+/// place in its partition (so the connection's next produce lands after it) and then waits for
+/// durability and the commit.
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16, mut turn: Turn) -> Option<ProduceResponse> {
     let started = std::time::Instant::now();
+    turn.wait().await;
     let acks = req.acks;
     let acks_valid = matches!(acks, -1..=1);
     let mut topics = Vec::with_capacity(req.topic_data.len());
     let mut appends = Vec::new();
     for t in req.topic_data {
-        let name = t.name.0.to_string();
-        let topic = if acks_valid { resolve(shard, &name, false).await.ok() } else { None };
+        // From v13 topics are named by id (and the answer carries the id, not the name).
+        let topic = match (acks_valid, version >= 13) {
+            (false, _) => Err(code::INVALID_REQUIRED_ACKS),
+            (true, true) => resolve_id(shard, &t.topic_id).await,
+            (true, false) => resolve(shard, &t.name.0, false).await.map_err(|_| code::UNKNOWN_TOPIC_OR_PARTITION),
+        };
+        let name = topic.as_ref().map(|t| t.name.clone()).unwrap_or_else(|_| t.name.0.to_string());
         let mut parts = Vec::with_capacity(t.partition_data.len());
         for p in t.partition_data {
             let slot = (topics.len(), parts.len());
-            let Some(topic) = topic.as_ref() else {
-                parts.push(partition(p.index, if acks_valid { code::UNKNOWN_TOPIC_OR_PARTITION } else { code::INVALID_REQUIRED_ACKS }));
-                continue;
+            let topic = match topic.as_ref() {
+                Ok(topic) => topic,
+                Err(e) => {
+                    parts.push(partition(p.index, *e));
+                    continue;
+                }
             };
             let Some(stream) = usize::try_from(p.index).ok().and_then(|i| topic.streams.get(i)).copied() else {
                 parts.push(partition(p.index, code::UNKNOWN_TOPIC_OR_PARTITION));
@@ -84,18 +99,33 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Opt
                 }
             }
         }
-        topics.push(TopicProduceResponse::default().with_name(t.name).with_partition_responses(parts));
+        topics.push(TopicProduceResponse::default().with_name(t.name).with_topic_id(t.topic_id).with_partition_responses(parts));
     }
-    let work = futures::future::join_all(appends.into_iter().map(|(slot, owner, a)| {
+    let mut admitted = Vec::with_capacity(appends.len());
+    let work = futures::future::join_all(appends.into_iter().map(|(slot, owner, mut a)| {
+        let (tx, rx) = oneshot::channel();
+        a.admitted = Some(tx);
+        admitted.push(rx);
         let s = shard.clone();
         async move { (slot, s.append(owner, a).await) }
     }));
+    let admitted = futures::future::join_all(admitted);
     if acks == 0 {
         // Nobody waits for the answer, but the batches are still stored.
         glommio::spawn_local(work).detach();
+        admitted.await;
+        turn.pass();
         return None;
     }
-    for ((t, p), result) in work.await {
+    let mut work = std::pin::pin!(work);
+    let results = match futures::future::select(work.as_mut(), admitted).await {
+        Either::Left((results, _)) => results,
+        Either::Right((_, _)) => {
+            turn.pass();
+            work.await
+        }
+    };
+    for ((t, p), result) in results {
         let slot = &mut topics[t].partition_responses[p];
         match result {
             Ok((base, log_start)) => {
