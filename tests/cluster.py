@@ -129,6 +129,13 @@ class Sluice:
                 "--cores", str(self.cores), *self.dataplane_args]
 
     # ------------------------------------------------------------------ process control
+    @staticmethod
+    def _default_signals():
+        # A suite started in the background by a non-interactive shell inherits SIGINT and
+        # SIGQUIT ignored; the processes under test get the dispositions a supervisor gives.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
     def _spawn(self, role, cmd, log_path):
         self._starts[role] += 1
         log = open(log_path, "ab")
@@ -137,7 +144,7 @@ class Sluice:
         log.flush()
         try:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=child_env(), start_new_session=True)
+                                    env=child_env(), start_new_session=True, preexec_fn=self._default_signals)
         finally:
             log.close()
 

@@ -7,7 +7,7 @@
 //! topics, watermarks) go straight to the store or to the shared caches the actor updates after
 //! each successful transaction.
 
-use crate::meta::{keys, Cond, MetaError, MetaStore, Op};
+use crate::meta::{keys, Cond, Fenced, MetaError, MetaStore, Op};
 use bytes::Bytes;
 use prost::Message;
 use sluice_rpc::configs::{validate_topic_config, validate_topic_name};
@@ -46,10 +46,9 @@ pub struct StreamState {
 
 /// State shared between the actor (writer) and the request handlers (readers).
 pub struct Shared<M> {
-    pub store: M,
+    /// The metadata store; every write through it is fenced by this control plane's epoch.
+    pub store: Fenced<M>,
     pub epoch: u64,
-    /// Revision at which this control plane wrote its epoch: the version every commit checks.
-    pub epoch_version: u64,
     pub cluster_id: String,
     pub topics: RwLock<BTreeMap<String, Topic>>,
     pub streams: RwLock<HashMap<u64, StreamState>>,
@@ -98,11 +97,14 @@ impl<M: MetaStore + Clone> Controller<M> {
             Some(v) => String::from_utf8_lossy(&v.value).into_owned(),
             None => {
                 let id = kafka_cluster_id();
-                match store.put(&keys::cluster_id(), Bytes::from(id.clone()), None).await {
+                // Fenced like every later write: a newer control plane may have taken over.
+                let conds = vec![Cond::Absent(keys::cluster_id()), Cond::Version(keys::epoch(), epoch_version)];
+                match store.txn(conds, vec![Op::Put(keys::cluster_id(), Bytes::from(id.clone()))]).await {
                     Ok(_) => id,
-                    Err(MetaError::ConditionFailed) => {
-                        String::from_utf8_lossy(&store.get(&keys::cluster_id()).await?.expect("just set").value).into_owned()
-                    }
+                    Err(MetaError::ConditionFailed) => match store.get(&keys::cluster_id()).await? {
+                        Some(v) => String::from_utf8_lossy(&v.value).into_owned(),
+                        None => return Err(MetaError::Fenced),
+                    },
                     Err(e) => return Err(e),
                 }
             }
@@ -129,9 +131,8 @@ impl<M: MetaStore + Clone> Controller<M> {
         }
         let (notify, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
-            store,
+            store: Fenced::new(store, epoch_version),
             epoch,
-            epoch_version,
             cluster_id,
             topics: RwLock::new(topics),
             streams: RwLock::new(streams),
@@ -325,12 +326,6 @@ impl RecentObjects {
     }
 }
 
-fn epoch_cond<M>(shared: &Shared<M>) -> Cond {
-    // The epoch key's version is the revision at which this control plane wrote its epoch; a
-    // newer control plane rewrites it, and every later commit of ours then fails.
-    Cond::Version(keys::epoch(), shared.epoch_version)
-}
-
 /// Commits a group of WAL objects in one transaction.
 ///
 /// The usual group (new objects whose predecessors this control plane just committed) is one
@@ -402,7 +397,7 @@ async fn screen_commits<M: MetaStore>(shared: &Shared<M>, group: Vec<Pending>) -
 async fn apply_commits<M: MetaStore>(
     shared: &Shared<M>,
     fresh: Vec<Pending>,
-    mut conds: Vec<Cond>,
+    conds: Vec<Cond>,
     recent: &mut RecentObjects,
 ) -> Option<Vec<Pending>> {
     let checked = !conds.is_empty();
@@ -443,8 +438,7 @@ async fn apply_commits<M: MetaStore>(
         let w = Watermark { stream_id: *s, log_start: st.log_start, high_watermark: st.hwm };
         ops.push(Op::Put(keys::hwm(*s), Bytes::from(w.encode_to_vec())));
     }
-    conds.push(epoch_cond(shared));
-    match shared.store.txn(conds, ops).await {
+    match shared.store.write(conds, ops).await {
         Ok(_) => {
             use std::sync::atomic::Ordering::Relaxed;
             shared.commits.fetch_add(fresh.len() as u64, Relaxed);
@@ -509,7 +503,7 @@ fn failure(name: String, error: i32, message: impl Into<String>) -> TopicResult 
 
 fn storage_failure(name: String, e: MetaError) -> TopicResult {
     tracing::error!(error = %e, topic = %name, "admin transaction failed");
-    let code = if matches!(e, MetaError::ConditionFailed) { code::NOT_CONTROLLER } else { code::KAFKA_STORAGE_ERROR };
+    let code = if matches!(e, MetaError::ConditionFailed | MetaError::Fenced) { code::NOT_CONTROLLER } else { code::KAFKA_STORAGE_ERROR };
     failure(name, code, e.to_string())
 }
 
@@ -565,7 +559,7 @@ async fn create_topic<M: MetaStore>(shared: &Shared<M>, t: NewTopic, validate_on
     if validate_only {
         return TopicResult { name, error: code::NONE, message: None, topic: None };
     }
-    let mut conds = vec![epoch_cond(shared), Cond::Absent(keys::topic(&name))];
+    let mut conds = vec![Cond::Absent(keys::topic(&name))];
     let mut ops = Vec::new();
     let streams = match allocate_streams(shared, t.partitions as usize, &mut conds, &mut ops).await {
         Ok(s) => s,
@@ -573,7 +567,7 @@ async fn create_topic<M: MetaStore>(shared: &Shared<M>, t: NewTopic, validate_on
     };
     topic.streams = streams;
     ops.push(Op::Put(keys::topic(&name), Bytes::from(topic.encode_to_vec())));
-    match shared.store.txn(conds, ops).await {
+    match shared.store.write(conds, ops).await {
         Ok(rev) => {
             topic.revision = rev;
             publish_topic(shared, topic.clone());
@@ -593,7 +587,7 @@ async fn delete_topic<M: MetaStore>(shared: &Shared<M>, name: String) -> TopicRe
         let (a, b) = keys::stream_all(*s);
         ops.push(Op::DeleteRange(a, b));
     }
-    match shared.store.txn(vec![epoch_cond(shared)], ops).await {
+    match shared.store.write(vec![], ops).await {
         Ok(_) => {
             shared.topics.write().expect("poisoned").remove(&name);
             let mut streams = shared.streams.write().expect("poisoned");
@@ -624,14 +618,14 @@ async fn add_partitions<M: MetaStore>(shared: &Shared<M>, name: String, count: i
     if validate_only {
         return TopicResult { name, error: code::NONE, message: None, topic: None };
     }
-    let mut conds = vec![epoch_cond(shared)];
+    let mut conds = Vec::new();
     let mut ops = Vec::new();
     match allocate_streams(shared, (count - have) as usize, &mut conds, &mut ops).await {
         Ok(s) => topic.streams.extend(s),
         Err(e) => return storage_failure(name, e),
     }
     ops.push(Op::Put(keys::topic(&name), Bytes::from(topic.encode_to_vec())));
-    match shared.store.txn(conds, ops).await {
+    match shared.store.write(conds, ops).await {
         Ok(rev) => {
             topic.revision = rev;
             publish_topic(shared, topic.clone());

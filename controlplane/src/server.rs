@@ -4,7 +4,7 @@
 
 use crate::controller::{code, Controller};
 use crate::groups::Coordinator;
-use crate::meta::{keys, MetaStore, Op, SessionId};
+use crate::meta::{keys, Cond, MetaStore, Op, SessionId};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use sluice_rpc::body::Body;
@@ -186,7 +186,7 @@ async fn register<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinato
     };
     let broker = Broker { node_id: r.node_id, host: r.host.clone(), port: r.port, zone: r.zone.clone() };
     let op = Op::PutEphemeral(keys::broker(r.node_id), Bytes::from(broker.encode_to_vec()), s);
-    if let Err(e) = store.txn(vec![], vec![op]).await {
+    if let Err(e) = store.write(vec![], vec![op]).await {
         return failed(code::KAFKA_STORAGE_ERROR, e);
     }
     if r.shard == 0 {
@@ -277,10 +277,109 @@ async fn allocate_producer_id<M: MetaStore + Clone>(ctl: &Controller<M>) -> Resu
         let cur = store.get(&keys::next_producer_id()).await?;
         let id = cur.as_ref().and_then(|v| v.value.as_ref().try_into().ok()).map(i64::from_be_bytes).unwrap_or(1000);
         let next = Bytes::copy_from_slice(&(id + 1).to_be_bytes());
-        match store.put(&keys::next_producer_id(), next, cur.map(|v| v.version)).await {
+        let cond = match cur {
+            Some(v) => Cond::Version(keys::next_producer_id(), v.version),
+            None => Cond::Absent(keys::next_producer_id()),
+        };
+        match store.write(vec![cond], vec![Op::Put(keys::next_producer_id(), next)]).await {
             Ok(_) => return Ok(id),
             Err(crate::meta::MetaError::ConditionFailed) => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fencing: once a newer control plane took over the store, every kind of write of the
+    //! older one is refused and leaves no trace, and the newer one's go through.
+
+    use super::*;
+    use crate::groups::GroupConfig;
+    use crate::meta::{MetaError, RedbMetaStore};
+    use kafka_protocol::messages::{consumer_group_heartbeat_request as cgh, offset_commit_request as oc, ApiKey, GroupId, TopicName};
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    use sluice_rpc::{forward, NewTopic};
+
+    fn request<R: kafka_protocol::protocol::Encodable>(api: ApiKey, version: i16, body: &R, conn_id: u64) -> KafkaRequest {
+        KafkaRequest {
+            api_key: api as i32,
+            api_version: i32::from(version),
+            body: forward::encode_body(body, version).expect("encodes"),
+            client_id: "test".into(),
+            client_host: "/127.0.0.1".into(),
+            conn_id,
+        }
+    }
+
+    fn offset_commit(group: &str) -> KafkaRequest {
+        let partition = oc::OffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(7);
+        let topic = oc::OffsetCommitRequestTopic::default().with_name(TopicName(StrBytes::from_static_str("t"))).with_partitions(vec![partition]);
+        let body = OffsetCommitRequestBody::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![topic]);
+        request(ApiKey::OffsetCommit, 8, &body, 1)
+    }
+
+    type OffsetCommitRequestBody = kafka_protocol::messages::OffsetCommitRequest;
+
+    fn consumer_join(group: &str) -> KafkaRequest {
+        let body = cgh::ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_member_id(StrBytes::from_static_str("member-1"))
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_names(Some(vec![TopicName(StrBytes::from_static_str("t"))]))
+            .with_topic_partitions(Some(vec![]));
+        request(ApiKey::ConsumerGroupHeartbeat, 1, &body, 2)
+    }
+
+    fn registration(node_id: i32) -> Register {
+        Register { protocol_version: PROTOCOL_VERSION, node_id, zone: String::new(), host: "127.0.0.1".into(), port: 9092, shard: 0, cores: 1 }
+    }
+
+    async fn exists(store: &RedbMetaStore, key: &str) -> bool {
+        store.get(key).await.expect("reads").is_some()
+    }
+
+    #[tokio::test]
+    async fn a_deposed_control_plane_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+        let old = Controller::start(store.clone()).await.unwrap();
+        let created = old.create_topics(vec![NewTopic { name: "t".into(), partitions: 1, configs: Default::default() }], false).await;
+        assert_eq!(created.results[0].error, 0);
+        let old_groups = Coordinator::start(old.shared.clone(), GroupConfig::default()).await.unwrap();
+        let new = Controller::start(store.clone()).await.unwrap();
+        let new_groups = Coordinator::start(new.shared.clone(), GroupConfig::default()).await.unwrap();
+
+        // Offset commit.
+        let answer = old_groups.handle(offset_commit("g-old")).await.expect("answered");
+        let resp = kafka_protocol::messages::OffsetCommitResponse::decode(&mut answer.clone(), 8).unwrap();
+        assert_ne!(resp.topics[0].partitions[0].error_code, 0, "a deposed coordinator acknowledged an offset commit");
+        assert!(!exists(&store, &keys::group_offset("g-old", "t", 0)).await);
+        let answer = new_groups.handle(offset_commit("g-new")).await.expect("answered");
+        let resp = kafka_protocol::messages::OffsetCommitResponse::decode(&mut answer.clone(), 8).unwrap();
+        assert_eq!(resp.topics[0].partitions[0].error_code, 0);
+        assert!(exists(&store, &keys::group_offset("g-new", "t", 0)).await);
+
+        // Group membership.
+        old_groups.handle(consumer_join("c-old")).await.expect("answered");
+        assert!(!exists(&store, &keys::group_meta("c-old")).await, "a deposed coordinator wrote a group");
+        new_groups.handle(consumer_join("c-new")).await.expect("answered");
+        assert!(exists(&store, &keys::group_meta("c-new")).await);
+
+        // Data plane registration.
+        let mut session = None;
+        assert!(matches!(register(&old, &old_groups, registration(7), &mut session).await, Body::Failed(_)));
+        assert!(!exists(&store, &keys::broker(7)).await, "a deposed control plane registered a data plane");
+        let mut session = None;
+        assert!(matches!(register(&new, &new_groups, registration(8), &mut session).await, Body::Registered(_)));
+        assert!(exists(&store, &keys::broker(8)).await);
+
+        // Producer ids.
+        assert!(matches!(allocate_producer_id(&old).await, Err(MetaError::Fenced)));
+        let first = allocate_producer_id(&new).await.unwrap();
+        assert_eq!(allocate_producer_id(&new).await.unwrap(), first + 1, "ids are handed out once");
     }
 }

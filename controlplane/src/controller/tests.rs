@@ -96,7 +96,7 @@ async fn a_newer_control_plane_fences_the_older_one() {
     let s = topic(&old, "t", 1).await.streams[0];
     let new = Controller::start(store.clone()).await.unwrap();
     assert!(new.shared.epoch > old.shared.epoch);
-    assert!(matches!(old.commit(commit("x", vec![chunk(s, 1)])).await, Err(MetaError::ConditionFailed)));
+    assert!(matches!(old.commit(commit("x", vec![chunk(s, 1)])).await, Err(MetaError::Fenced)));
     let r = new.commit(commit("y", vec![chunk(s, 1)])).await.unwrap();
     assert_eq!(r.chunks[0].base_offset, 0, "the fenced commit took no offsets");
 }

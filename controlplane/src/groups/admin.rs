@@ -113,7 +113,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                         err::NON_EMPTY_GROUP
                     } else {
                         let (a, b) = keys::group_all(&id);
-                        match self.shared.store.txn(vec![], vec![Op::DeleteRange(a, b)]).await {
+                        match self.shared.store.write(vec![], vec![Op::DeleteRange(a, b)]).await {
                             Ok(_) => {
                                 // Emptied in place rather than dropped from the map: a request
                                 // already waiting for this group's lock then sees an empty

@@ -296,7 +296,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
     async fn persist(&self, g: &mut Group) -> Result<(), MetaError> {
         let record = g.record();
         let op = Op::Put(keys::group_meta(&g.id), Bytes::from(record.encode_to_vec()));
-        self.shared.store.txn(vec![], vec![op]).await?;
+        self.shared.store.write(vec![], vec![op]).await?;
         g.classic.written(record.classic);
         g.exists = true;
         Ok(())
@@ -350,7 +350,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     Op::DeleteRange(a, b)
                 })
                 .collect();
-            match self.shared.store.txn(vec![], ops).await {
+            match self.shared.store.write(vec![], ops).await {
                 Ok(_) => {
                     for t in &gone {
                         g.offsets.remove(t);

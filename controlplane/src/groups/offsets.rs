@@ -87,7 +87,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             }
         }
         if !ops.is_empty() {
-            if let Err(e) = self.shared.store.txn(vec![], ops).await {
+            if let Err(e) = self.shared.store.write(vec![], ops).await {
                 tracing::warn!(group = %group_id, error = %e, "cannot store offsets");
                 return answer(&|_, _| err::COORDINATOR_NOT_AVAILABLE);
             }
@@ -209,7 +209,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             topics.push(OffsetDeleteResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions));
         }
         if !ops.is_empty() {
-            if let Err(e) = self.shared.store.txn(vec![], ops).await {
+            if let Err(e) = self.shared.store.write(vec![], ops).await {
                 tracing::warn!(group = %g.id, error = %e, "cannot delete offsets");
                 return OffsetDeleteResponse::default().with_error_code(err::COORDINATOR_NOT_AVAILABLE);
             }

@@ -3,10 +3,14 @@
 //! revision, and ephemeral keys bound to a session.
 //!
 //! The control plane is the only writer; everything it writes goes through [`MetaStore`], so the
-//! embedded backend ([`RedbMetaStore`]) and a networked one (etcd) are interchangeable.
+//! embedded backend ([`RedbMetaStore`]) and a networked one (etcd) are interchangeable. Once it
+//! has taken over, it sees the store only through [`Fenced`], whose every write carries its
+//! epoch.
 
+mod fenced;
 mod redb_store;
 
+pub use fenced::Fenced;
 pub use redb_store::RedbMetaStore;
 
 use bytes::Bytes;
@@ -66,6 +70,9 @@ pub enum MetaError {
     /// A condition of a transaction or a compare-and-set did not hold.
     #[error("condition failed")]
     ConditionFailed,
+    /// Another control plane took over: this one's writes are refused.
+    #[error("fenced: another control plane took over the metadata store")]
+    Fenced,
     /// Watch requested from a revision that is no longer retained.
     #[allow(dead_code)]
     #[error("revision {0} compacted")]
