@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sluice's one test command: installs what the tests need, builds, runs the Rust tests and the
-# end-to-end suite (tests/, pytest). Safe to re-run; a second run skips installs already done.
+# Sluice's one test command: installs what the tests need, checks formatting and lints, builds,
+# runs the Rust tests and the end-to-end suite (tests/, pytest). Safe to re-run; a second run skips installs already done.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -k confluent    # extra arguments go to pytest
@@ -92,6 +92,9 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
 
+log "cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --release -- -D warnings
 log "cargo build --release --bins (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 cargo build --release --bins
 log "cargo test --workspace --release"

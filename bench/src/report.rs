@@ -111,7 +111,11 @@ impl Summary {
                 }
             }
         }
-        let _ = writeln!(s, "records           acked {}  failed {}  consumed {}  missing {}", self.acked, self.failed, self.consumed, self.missing);
+        let _ = writeln!(
+            s,
+            "records           acked {}  failed {}  consumed {}  missing {}",
+            self.acked, self.failed, self.consumed, self.missing
+        );
         if let (Some(p), Some(t)) = (self.puts_per_gb, self.txns_per_gb) {
             let _ = writeln!(s, "per GB produced   {p:.0} object PUTs, {t:.0} metadata transactions");
         }
@@ -122,7 +126,9 @@ impl Summary {
     }
 
     fn json(&self) -> String {
-        let opt = |p: Option<[f64; 5]>| p.map(|p| format!("[{:.3},{:.3},{:.3},{:.3},{:.3}]", p[0], p[1], p[2], p[3], p[4])).unwrap_or("null".into());
+        let opt = |p: Option<[f64; 5]>| {
+            p.map(|p| format!("[{:.3},{:.3},{:.3},{:.3},{:.3}]", p[0], p[1], p[2], p[3], p[4])).unwrap_or("null".into())
+        };
         let num = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or("null".into());
         let pair = |p: Option<[f64; 2]>| p.map(|p| format!("[{},{}]", p[0], p[1])).unwrap_or("null".into());
         format!(

@@ -311,7 +311,8 @@ fn produce(w: &Workload, counters: &Arc<Counters>, window: Window, t0: u64, limi
                 value[0..8].copy_from_slice(&intended.to_be_bytes());
                 value[8..16].copy_from_slice(&(((id as u64) << 40) | seq).to_be_bytes());
                 let partition = ((seq + id as u64) % w.partitions as u64) as i32;
-                let mut record = BaseRecord::<(), [u8], usize>::with_opaque_to(&w.topic, intended as usize).payload(&value).partition(partition);
+                let mut record =
+                    BaseRecord::<(), [u8], usize>::with_opaque_to(&w.topic, intended as usize).payload(&value).partition(partition);
                 loop {
                     match producer.send(record) {
                         Ok(()) => break,

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use prost::Message;
 use sluice_rpc::configs::{validate_topic_config, validate_topic_name};
 use sluice_rpc::{
-    body::Body, AdminReply, ChunkResult, CommitWal, CommitWalReply, Envelope, IndexEntry, NewTopic, Topic, TopicResult,
-    Watermark, Watermarks,
+    body::Body, AdminReply, ChunkResult, CommitWal, CommitWalReply, Envelope, IndexEntry, NewTopic, Topic, TopicResult, Watermark,
+    Watermarks,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -508,7 +508,12 @@ fn storage_failure(name: String, e: MetaError) -> TopicResult {
 }
 
 /// Allocates `count` stream ids in `ops`, returning them.
-async fn allocate_streams<M: MetaStore>(shared: &Shared<M>, count: usize, conds: &mut Vec<Cond>, ops: &mut Vec<Op>) -> Result<Vec<u64>, MetaError> {
+async fn allocate_streams<M: MetaStore>(
+    shared: &Shared<M>,
+    count: usize,
+    conds: &mut Vec<Cond>,
+    ops: &mut Vec<Op>,
+) -> Result<Vec<u64>, MetaError> {
     let current = shared.store.get(&keys::next_stream()).await?;
     let first = current.as_ref().map(|v| decode_u64(&v.value)).unwrap_or(1);
     conds.push(match &current {
@@ -610,7 +615,11 @@ async fn add_partitions<M: MetaStore>(shared: &Shared<M>, name: String, count: i
     };
     let have = topic.streams.len() as i32;
     if count <= have {
-        return failure(name, code::INVALID_PARTITIONS, format!("Topic currently has {have} partitions, {count} would not be an increase."));
+        return failure(
+            name,
+            code::INVALID_PARTITIONS,
+            format!("Topic currently has {have} partitions, {count} would not be an increase."),
+        );
     }
     if count > MAX_PARTITIONS {
         return failure(name, code::INVALID_PARTITIONS, format!("Number of partitions must be at most {MAX_PARTITIONS}."));

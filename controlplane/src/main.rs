@@ -84,8 +84,7 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("cannot create data directory {}: {e}", args.data_dir.display()))?;
     let path = args.data_dir.join("meta.redb");
     let store = meta::RedbMetaStore::open(&path).map_err(|e| format!("cannot open metadata store: {e}"))?;
     let ctl = controller::Controller::start(store).await.map_err(|e| format!("cannot start controller: {e}"))?;
@@ -97,9 +96,8 @@ async fn run(args: Args) -> Result<(), String> {
         ..Default::default()
     };
     let coordinator = groups::Coordinator::start(ctl.shared.clone(), group_cfg).await.map_err(|e| format!("cannot load groups: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(&args.rpc_listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.rpc_listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&args.rpc_listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.rpc_listen))?;
     if let Some(addr) = &args.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tokio::spawn(metrics::serve(l, ctl.clone(), coordinator.clone()));

@@ -3,10 +3,10 @@
 
 use crate::controller::Controller;
 use crate::groups::Coordinator;
-use std::sync::Arc;
 use crate::meta::MetaStore;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -15,7 +15,12 @@ async fn render<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
     let metrics: [(&str, &str, &str, u64); 5] = [
         ("sluice_metadata_transactions_total", "counter", "Metadata store write transactions committed.", s.store.transactions()),
         ("sluice_wal_commits_total", "counter", "WAL objects committed (offsets assigned).", s.commits.load(Relaxed)),
-        ("sluice_wal_commit_groups_total", "counter", "Transactions that committed WAL objects (group commit).", s.commit_groups.load(Relaxed)),
+        (
+            "sluice_wal_commit_groups_total",
+            "counter",
+            "Transactions that committed WAL objects (group commit).",
+            s.commit_groups.load(Relaxed),
+        ),
         ("sluice_topics", "gauge", "Topics.", s.topics.read().expect("poisoned").len() as u64),
         ("sluice_control_plane_epoch", "gauge", "Epoch of this control plane.", s.epoch),
     ];
@@ -28,7 +33,10 @@ async fn render<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
     for (g, t, p, committed, _) in &lag {
         let _ = writeln!(out, "sluice_group_committed_offset{{group=\"{}\",topic=\"{t}\",partition=\"{p}\"}} {committed}", escape(g));
     }
-    let _ = writeln!(out, "# HELP sluice_group_lag High watermark minus committed offset of a consumer group on a partition.\n# TYPE sluice_group_lag gauge");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_group_lag High watermark minus committed offset of a consumer group on a partition.\n# TYPE sluice_group_lag gauge"
+    );
     for (g, t, p, committed, hwm) in &lag {
         let _ = writeln!(out, "sluice_group_lag{{group=\"{}\",topic=\"{t}\",partition=\"{p}\"}} {}", escape(g), (hwm - committed).max(0));
     }

@@ -172,7 +172,12 @@ fn failed(error: i32, message: impl ToString) -> Body {
     Body::Failed(Failed { error, message: message.to_string() })
 }
 
-async fn register<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<M>, r: Register, session: &mut Option<SessionId>) -> Body {
+async fn register<M: MetaStore + Clone>(
+    ctl: &Controller<M>,
+    groups: &Coordinator<M>,
+    r: Register,
+    session: &mut Option<SessionId>,
+) -> Body {
     if r.protocol_version != PROTOCOL_VERSION {
         return failed(code::INVALID_REQUEST, format!("protocol version {} unsupported", r.protocol_version));
     }
@@ -261,7 +266,9 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
         Body::GetBrokers(_) => {
             let (a, b) = keys::brokers();
             match ctl.shared.store.range(&a, &b, usize::MAX).await {
-                Ok(rows) => Body::Brokers(Brokers { brokers: rows.into_iter().filter_map(|(_, v)| Broker::decode(v.value).ok()).collect() }),
+                Ok(rows) => {
+                    Body::Brokers(Brokers { brokers: rows.into_iter().filter_map(|(_, v)| Broker::decode(v.value).ok()).collect() })
+                }
                 Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
             }
         }
@@ -314,7 +321,8 @@ mod tests {
 
     fn offset_commit(group: &str) -> KafkaRequest {
         let partition = oc::OffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(7);
-        let topic = oc::OffsetCommitRequestTopic::default().with_name(TopicName(StrBytes::from_static_str("t"))).with_partitions(vec![partition]);
+        let topic =
+            oc::OffsetCommitRequestTopic::default().with_name(TopicName(StrBytes::from_static_str("t"))).with_partitions(vec![partition]);
         let body = OffsetCommitRequestBody::default()
             .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
             .with_generation_id_or_member_epoch(-1)
@@ -335,7 +343,15 @@ mod tests {
     }
 
     fn registration(node_id: i32) -> Register {
-        Register { protocol_version: PROTOCOL_VERSION, node_id, zone: String::new(), host: "127.0.0.1".into(), port: 9092, shard: 0, cores: 1 }
+        Register {
+            protocol_version: PROTOCOL_VERSION,
+            node_id,
+            zone: String::new(),
+            host: "127.0.0.1".into(),
+            port: 9092,
+            shard: 0,
+            cores: 1,
+        }
     }
 
     async fn exists(store: &RedbMetaStore, key: &str) -> bool {

@@ -92,20 +92,16 @@ pub struct Config {
 impl Config {
     /// Checks the flags and fills in defaults.
     pub fn from_args(a: Args) -> Result<Self, String> {
-        let listen = a
-            .listen
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut it| it.next())
-            .ok_or_else(|| format!("--listen {}: not an address", a.listen))?;
+        let listen =
+            a.listen.to_socket_addrs().ok().and_then(|mut it| it.next()).ok_or_else(|| format!("--listen {}: not an address", a.listen))?;
         if a.controlplane.to_socket_addrs().ok().and_then(|mut it| it.next()).is_none() {
             return Err(format!("--controlplane {}: not an address", a.controlplane));
         }
         let metrics_listen = match &a.metrics_listen {
             None => None,
-            Some(m) => Some(
-                m.to_socket_addrs().ok().and_then(|mut it| it.next()).ok_or_else(|| format!("--metrics-listen {m}: not an address"))?,
-            ),
+            Some(m) => {
+                Some(m.to_socket_addrs().ok().and_then(|mut it| it.next()).ok_or_else(|| format!("--metrics-listen {m}: not an address"))?)
+            }
         };
         let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let cores = a.cores.unwrap_or(available);
@@ -118,7 +114,8 @@ impl Config {
         if a.wal_flush_bytes == 0 || a.wal_max_inflight_bytes < a.wal_flush_bytes {
             return Err("--wal-flush-bytes must be positive and at most --wal-max-inflight-bytes".into());
         }
-        let advertised_host = a.advertised_host.unwrap_or_else(|| a.listen.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default());
+        let advertised_host =
+            a.advertised_host.unwrap_or_else(|| a.listen.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default());
         Ok(Config {
             data_dir: a.data_dir,
             controlplane: a.controlplane,

@@ -53,8 +53,8 @@ pub const HISTOGRAMS: &[(&str, &str)] = &[
 /// Upper bounds of the histogram buckets, in seconds (then +Inf): fine between 1 and 16 ms,
 /// where produce latency lives.
 pub const BUCKETS: [f64; 20] = [
-    0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.010, 0.012, 0.016, 0.024, 0.032, 0.064,
-    0.128, 0.256, 1.024,
+    0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.010, 0.012, 0.016, 0.024, 0.032, 0.064, 0.128,
+    0.256, 1.024,
 ];
 
 /// Index into [`HISTOGRAMS`].

@@ -15,10 +15,19 @@ use std::time::{Duration, Instant};
 use crate::notify::Notify;
 
 /// Why a call got no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RpcError {
-    /// No connection within the deadline, or it dropped before the reply.
+    /// No connection: the control plane refused it (nothing listens at its address) or refused
+    /// this data plane's registration.
+    #[error("control plane refused the connection")]
+    Refused,
+    /// The connection dropped before the answer came, or the control plane answered with
+    /// something else than the request calls for.
+    #[error("control plane connection lost")]
     Unavailable,
+    /// No answer (or no connection) within the deadline.
+    #[error("no answer from the control plane in time")]
+    TimedOut,
 }
 
 /// What the connection hands to its shard.
@@ -40,6 +49,9 @@ pub struct RpcClient {
     /// Counts registrations: requests sent under one generation travel, in order, on one
     /// connection.
     generation: Cell<u64>,
+    /// The last connection attempt was refused (by the kernel or at registration): a call that
+    /// finds no connection says so instead of "timed out".
+    refused: Cell<bool>,
     /// Frames of requests sent with [`RpcClient::start_resending`] and not yet answered, by
     /// request id: sent again, in this order, when a new connection is up.
     resend: RefCell<BTreeMap<u64, Vec<u8>>>,
@@ -56,6 +68,7 @@ impl RpcClient {
             ready: Cell::new(false),
             ready_changed: Notify::default(),
             generation: Cell::new(0),
+            refused: Cell::new(false),
             resend: RefCell::default(),
         })
     }
@@ -74,7 +87,7 @@ impl RpcClient {
         while !self.ready.get() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(RpcError::Unavailable);
+                return Err(if self.refused.get() { RpcError::Refused } else { RpcError::TimedOut });
             }
             let wait = self.ready_changed.notified();
             let _ = glommio::timer::timeout(left, async { Ok(wait.await) }).await;
@@ -129,7 +142,9 @@ impl RpcClient {
         self.resend.borrow_mut().remove(&id);
         match r {
             Ok(Ok(body)) => Ok(body),
-            _ => Err(RpcError::Unavailable),
+            // The sender was dropped: the connection went away.
+            Ok(Err(_)) => Err(RpcError::Unavailable),
+            Err(_) => Err(RpcError::TimedOut),
         }
     }
 
@@ -159,6 +174,8 @@ impl RpcClient {
             let stream = match TcpStream::connect(self.addr.as_str()).await {
                 Ok(s) => s,
                 Err(e) => {
+                    self.refused
+                        .set(matches!(&e, glommio::GlommioError::IoError(io) if io.kind() == std::io::ErrorKind::ConnectionRefused));
                     if !logged_down && register.shard == 0 {
                         tracing::warn!(addr = %self.addr, error = %e, "control plane unreachable; retrying");
                         logged_down = true;
@@ -207,6 +224,7 @@ impl RpcClient {
             });
             match self.send(Body::Register(register.clone()), Duration::from_secs(10)).await {
                 Ok(Body::Registered(r)) => {
+                    self.refused.set(false);
                     let _ = events.send(Event::Registered(r)).await;
                     // Requests whose answers the last connection lost go first, in order.
                     let again: Vec<Vec<u8>> = self.resend.borrow().values().cloned().collect();
@@ -226,16 +244,20 @@ impl RpcClient {
                     }
                     reader.await;
                 }
-                Ok(other) => tracing::error!(reply = ?other, "control plane refused registration"),
+                Ok(other) => {
+                    self.refused.set(true);
+                    tracing::error!(reply = ?other, "control plane refused registration");
+                }
                 Err(_) => tracing::warn!("no answer to registration"),
             }
             // Disconnected: fail what is in flight (callers retry) except what is sent again
             // on the next connection, then reconnect.
             self.ready.set(false);
             self.out.borrow_mut().take();
-            let resend = self.resend.borrow();
-            self.pending.borrow_mut().retain(|id, _| resend.contains_key(id));
-            drop(resend);
+            {
+                let resend = self.resend.borrow();
+                self.pending.borrow_mut().retain(|id, _| resend.contains_key(id));
+            }
             let _ = writer.await;
             if register.shard == 0 {
                 tracing::warn!(addr = %self.addr, "lost control plane connection; reconnecting");

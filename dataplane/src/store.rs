@@ -190,7 +190,8 @@ impl LocalObjectStore {
     pub async fn get_range(&self, key: &str, pos: u64, len: usize) -> std::io::Result<BytesMut> {
         let (path, base) = match key.strip_prefix("seg/").and_then(|k| k.rsplit_once('@')) {
             Some((name, at)) => {
-                let at: u64 = at.parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad object key {key}")))?;
+                let at: u64 =
+                    at.parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad object key {key}")))?;
                 (self.seg_dir.join(name), at)
             }
             None => (self.wal_dir.join(key), 0),

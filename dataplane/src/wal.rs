@@ -372,7 +372,12 @@ async fn flush(shard: Rc<Shard>, mut batch: Vec<Pending>, bytes: usize, object_i
 
 /// Commits an object after its predecessor: pipelined behind it when that one's commit is on
 /// the wire of the current connection, otherwise once it is done.
-async fn commit_in_order(shard: &Shard, mut commit: CommitWal, prev: Option<&Ticket>, me: &Ticket) -> Result<sluice_rpc::CommitWalReply, i16> {
+async fn commit_in_order(
+    shard: &Shard,
+    mut commit: CommitWal,
+    prev: Option<&Ticket>,
+    me: &Ticket,
+) -> Result<sluice_rpc::CommitWalReply, i16> {
     if let Some(p) = prev {
         p.wait(|t| t.sent.get().is_some() || t.done.get().is_some()).await;
     }

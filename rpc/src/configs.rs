@@ -50,29 +50,109 @@ const LONG_MAX: &str = "9223372036854775807";
 
 /// Every topic config Sluice accepts, sorted by name.
 pub const TOPIC_CONFIGS: &[TopicConfig] = &[
-    TopicConfig { name: "cleanup.policy", default: "delete", kind: ConfigType::List(&["delete", "compact"]), doc: "Retention policy for old log segments." },
-    TopicConfig { name: "compression.type", default: "producer", kind: ConfigType::String(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]), doc: "Final compression type; Sluice keeps the producer's batches." },
-    TopicConfig { name: "delete.retention.ms", default: "86400000", kind: ConfigType::Long(0), doc: "How long delete tombstones are kept for compacted topics." },
-    TopicConfig { name: "file.delete.delay.ms", default: "60000", kind: ConfigType::Long(0), doc: "Delay before deleting a file from the filesystem." },
-    TopicConfig { name: "flush.messages", default: LONG_MAX, kind: ConfigType::Long(1), doc: "Accepted for compatibility; Sluice flushes WAL objects by size and interval." },
-    TopicConfig { name: "flush.ms", default: LONG_MAX, kind: ConfigType::Long(0), doc: "Accepted for compatibility; Sluice flushes WAL objects by size and interval." },
+    TopicConfig {
+        name: "cleanup.policy",
+        default: "delete",
+        kind: ConfigType::List(&["delete", "compact"]),
+        doc: "Retention policy for old log segments.",
+    },
+    TopicConfig {
+        name: "compression.type",
+        default: "producer",
+        kind: ConfigType::String(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
+        doc: "Final compression type; Sluice keeps the producer's batches.",
+    },
+    TopicConfig {
+        name: "delete.retention.ms",
+        default: "86400000",
+        kind: ConfigType::Long(0),
+        doc: "How long delete tombstones are kept for compacted topics.",
+    },
+    TopicConfig {
+        name: "file.delete.delay.ms",
+        default: "60000",
+        kind: ConfigType::Long(0),
+        doc: "Delay before deleting a file from the filesystem.",
+    },
+    TopicConfig {
+        name: "flush.messages",
+        default: LONG_MAX,
+        kind: ConfigType::Long(1),
+        doc: "Accepted for compatibility; Sluice flushes WAL objects by size and interval.",
+    },
+    TopicConfig {
+        name: "flush.ms",
+        default: LONG_MAX,
+        kind: ConfigType::Long(0),
+        doc: "Accepted for compatibility; Sluice flushes WAL objects by size and interval.",
+    },
     TopicConfig { name: "index.interval.bytes", default: "4096", kind: ConfigType::Int(0), doc: "Accepted for compatibility." },
-    TopicConfig { name: "max.compaction.lag.ms", default: LONG_MAX, kind: ConfigType::Long(1), doc: "Maximum time a message stays uncompacted." },
+    TopicConfig {
+        name: "max.compaction.lag.ms",
+        default: LONG_MAX,
+        kind: ConfigType::Long(1),
+        doc: "Maximum time a message stays uncompacted.",
+    },
     TopicConfig { name: "max.message.bytes", default: "1048588", kind: ConfigType::Int(0), doc: "Largest record batch size allowed." },
-    TopicConfig { name: "message.timestamp.after.max.ms", default: "3600000", kind: ConfigType::Long(0), doc: "Largest allowed timestamp lead over broker time." },
-    TopicConfig { name: "message.timestamp.before.max.ms", default: LONG_MAX, kind: ConfigType::Long(0), doc: "Largest allowed timestamp lag behind broker time." },
-    TopicConfig { name: "message.timestamp.type", default: "CreateTime", kind: ConfigType::String(&["CreateTime", "LogAppendTime"]), doc: "Whether record timestamps are create or append times." },
-    TopicConfig { name: "min.cleanable.dirty.ratio", default: "0.5", kind: ConfigType::Double, doc: "Dirty ratio that makes a log eligible for cleaning." },
-    TopicConfig { name: "min.compaction.lag.ms", default: "0", kind: ConfigType::Long(0), doc: "Minimum time a message stays uncompacted." },
-    TopicConfig { name: "min.insync.replicas", default: "1", kind: ConfigType::Int(1), doc: "Accepted for compatibility; object storage provides durability." },
+    TopicConfig {
+        name: "message.timestamp.after.max.ms",
+        default: "3600000",
+        kind: ConfigType::Long(0),
+        doc: "Largest allowed timestamp lead over broker time.",
+    },
+    TopicConfig {
+        name: "message.timestamp.before.max.ms",
+        default: LONG_MAX,
+        kind: ConfigType::Long(0),
+        doc: "Largest allowed timestamp lag behind broker time.",
+    },
+    TopicConfig {
+        name: "message.timestamp.type",
+        default: "CreateTime",
+        kind: ConfigType::String(&["CreateTime", "LogAppendTime"]),
+        doc: "Whether record timestamps are create or append times.",
+    },
+    TopicConfig {
+        name: "min.cleanable.dirty.ratio",
+        default: "0.5",
+        kind: ConfigType::Double,
+        doc: "Dirty ratio that makes a log eligible for cleaning.",
+    },
+    TopicConfig {
+        name: "min.compaction.lag.ms",
+        default: "0",
+        kind: ConfigType::Long(0),
+        doc: "Minimum time a message stays uncompacted.",
+    },
+    TopicConfig {
+        name: "min.insync.replicas",
+        default: "1",
+        kind: ConfigType::Int(1),
+        doc: "Accepted for compatibility; object storage provides durability.",
+    },
     TopicConfig { name: "preallocate", default: "false", kind: ConfigType::Boolean, doc: "Accepted for compatibility." },
-    TopicConfig { name: "retention.bytes", default: "-1", kind: ConfigType::Long(-1), doc: "Maximum partition size before old data is deleted (-1: unlimited)." },
-    TopicConfig { name: "retention.ms", default: "604800000", kind: ConfigType::Long(-1), doc: "Maximum age of data before it is deleted (-1: unlimited)." },
+    TopicConfig {
+        name: "retention.bytes",
+        default: "-1",
+        kind: ConfigType::Long(-1),
+        doc: "Maximum partition size before old data is deleted (-1: unlimited).",
+    },
+    TopicConfig {
+        name: "retention.ms",
+        default: "604800000",
+        kind: ConfigType::Long(-1),
+        doc: "Maximum age of data before it is deleted (-1: unlimited).",
+    },
     TopicConfig { name: "segment.bytes", default: "1073741824", kind: ConfigType::Int(14), doc: "Accepted for compatibility." },
     TopicConfig { name: "segment.index.bytes", default: "10485760", kind: ConfigType::Int(4), doc: "Accepted for compatibility." },
     TopicConfig { name: "segment.jitter.ms", default: "0", kind: ConfigType::Long(0), doc: "Accepted for compatibility." },
     TopicConfig { name: "segment.ms", default: "604800000", kind: ConfigType::Long(1), doc: "Accepted for compatibility." },
-    TopicConfig { name: "unclean.leader.election.enable", default: "false", kind: ConfigType::Boolean, doc: "Accepted for compatibility; Sluice has no leaders to elect." },
+    TopicConfig {
+        name: "unclean.leader.election.enable",
+        default: "false",
+        kind: ConfigType::Boolean,
+        doc: "Accepted for compatibility; Sluice has no leaders to elect.",
+    },
 ];
 
 /// The configs of a group (Kafka 4.1's `GroupConfig`, DescribeConfigs resource type 32), sorted
@@ -80,16 +160,66 @@ pub const TOPIC_CONFIGS: &[TopicConfig] = &[
 /// from its flags (`consumer.session.timeout.ms`, `consumer.heartbeat.interval.ms`). Share and
 /// streams groups are not served; their configs are listed as Kafka lists them.
 pub const GROUP_CONFIGS: &[TopicConfig] = &[
-    TopicConfig { name: "consumer.heartbeat.interval.ms", default: "5000", kind: ConfigType::Int(1), doc: "The heartbeat interval given to the members of a consumer group (KIP-848)." },
-    TopicConfig { name: "consumer.session.timeout.ms", default: "45000", kind: ConfigType::Int(1), doc: "The timeout to detect client failures when using the consumer group protocol (KIP-848)." },
-    TopicConfig { name: "share.auto.offset.reset", default: "latest", kind: ConfigType::String(&["latest", "earliest", "by_duration"]), doc: "Where a share group starts consuming; share groups are not served." },
-    TopicConfig { name: "share.heartbeat.interval.ms", default: "5000", kind: ConfigType::Int(1), doc: "The heartbeat interval of share group members; share groups are not served." },
-    TopicConfig { name: "share.isolation.level", default: "read_uncommitted", kind: ConfigType::String(&["read_committed", "read_uncommitted"]), doc: "Which records a share group reads; share groups are not served." },
-    TopicConfig { name: "share.record.lock.duration.ms", default: "30000", kind: ConfigType::Int(1), doc: "How long a share group member holds a record; share groups are not served." },
-    TopicConfig { name: "share.session.timeout.ms", default: "45000", kind: ConfigType::Int(1), doc: "The session timeout of share group members; share groups are not served." },
-    TopicConfig { name: "streams.heartbeat.interval.ms", default: "5000", kind: ConfigType::Int(1), doc: "The heartbeat interval of streams group members; streams groups are not served." },
-    TopicConfig { name: "streams.num.standby.replicas", default: "0", kind: ConfigType::Int(0), doc: "Standby replicas of a streams group; streams groups are not served." },
-    TopicConfig { name: "streams.session.timeout.ms", default: "45000", kind: ConfigType::Int(1), doc: "The session timeout of streams group members; streams groups are not served." },
+    TopicConfig {
+        name: "consumer.heartbeat.interval.ms",
+        default: "5000",
+        kind: ConfigType::Int(1),
+        doc: "The heartbeat interval given to the members of a consumer group (KIP-848).",
+    },
+    TopicConfig {
+        name: "consumer.session.timeout.ms",
+        default: "45000",
+        kind: ConfigType::Int(1),
+        doc: "The timeout to detect client failures when using the consumer group protocol (KIP-848).",
+    },
+    TopicConfig {
+        name: "share.auto.offset.reset",
+        default: "latest",
+        kind: ConfigType::String(&["latest", "earliest", "by_duration"]),
+        doc: "Where a share group starts consuming; share groups are not served.",
+    },
+    TopicConfig {
+        name: "share.heartbeat.interval.ms",
+        default: "5000",
+        kind: ConfigType::Int(1),
+        doc: "The heartbeat interval of share group members; share groups are not served.",
+    },
+    TopicConfig {
+        name: "share.isolation.level",
+        default: "read_uncommitted",
+        kind: ConfigType::String(&["read_committed", "read_uncommitted"]),
+        doc: "Which records a share group reads; share groups are not served.",
+    },
+    TopicConfig {
+        name: "share.record.lock.duration.ms",
+        default: "30000",
+        kind: ConfigType::Int(1),
+        doc: "How long a share group member holds a record; share groups are not served.",
+    },
+    TopicConfig {
+        name: "share.session.timeout.ms",
+        default: "45000",
+        kind: ConfigType::Int(1),
+        doc: "The session timeout of share group members; share groups are not served.",
+    },
+    TopicConfig {
+        name: "streams.heartbeat.interval.ms",
+        default: "5000",
+        kind: ConfigType::Int(1),
+        doc: "The heartbeat interval of streams group members; streams groups are not served.",
+    },
+    TopicConfig {
+        name: "streams.num.standby.replicas",
+        default: "0",
+        kind: ConfigType::Int(0),
+        doc: "Standby replicas of a streams group; streams groups are not served.",
+    },
+    TopicConfig {
+        name: "streams.session.timeout.ms",
+        default: "45000",
+        kind: ConfigType::Int(1),
+        doc: "The session timeout of streams group members; streams groups are not served.",
+    },
 ];
 
 /// Looks up a topic config by name.

@@ -179,12 +179,15 @@ mod tests {
                     ApiKey::OffsetDelete => encode_req(&OffsetDeleteRequest::default().with_group_id(group.clone()), v),
                     ApiKey::ConsumerGroupHeartbeat => encode_req(&ConsumerGroupHeartbeatRequest::default().with_group_id(group.clone()), v),
                     ApiKey::DescribeGroups => encode_req(&DescribeGroupsRequest::default().with_groups(vec![group.clone()]), v),
-                    ApiKey::ConsumerGroupDescribe => encode_req(&ConsumerGroupDescribeRequest::default().with_group_ids(vec![group.clone()]), v),
+                    ApiKey::ConsumerGroupDescribe => {
+                        encode_req(&ConsumerGroupDescribeRequest::default().with_group_ids(vec![group.clone()]), v)
+                    }
                     ApiKey::DeleteGroups => encode_req(&DeleteGroupsRequest::default().with_groups_names(vec![group.clone()]), v),
                     ApiKey::OffsetCommit => encode_req(&OffsetCommitRequest::default().with_group_id(group.clone()), v),
                     ApiKey::OffsetFetch => {
                         let r = if v >= 8 {
-                            OffsetFetchRequest::default().with_groups(vec![offset_fetch_request::OffsetFetchRequestGroup::default().with_group_id(group.clone())])
+                            OffsetFetchRequest::default()
+                                .with_groups(vec![offset_fetch_request::OffsetFetchRequestGroup::default().with_group_id(group.clone())])
                         } else {
                             OffsetFetchRequest::default().with_group_id(group.clone()).with_topics(Some(vec![]))
                         };

@@ -124,7 +124,10 @@ async fn admin_errors_use_kafka_codes() {
         )
         .await;
     let codes: Vec<i32> = r.results.iter().map(|r| r.error).collect();
-    assert_eq!(codes, [code::TOPIC_ALREADY_EXISTS, code::INVALID_TOPIC_EXCEPTION, code::INVALID_PARTITIONS, code::INVALID_CONFIG, code::INVALID_CONFIG]);
+    assert_eq!(
+        codes,
+        [code::TOPIC_ALREADY_EXISTS, code::INVALID_TOPIC_EXCEPTION, code::INVALID_PARTITIONS, code::INVALID_CONFIG, code::INVALID_CONFIG]
+    );
     // validate_only creates nothing.
     assert_eq!(ctl.create_topics(vec![create("z", 1, &[])], true).await.results[0].error, 0);
     assert!(!ctl.shared.topics.read().unwrap().contains_key("z"));

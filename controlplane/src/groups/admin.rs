@@ -21,7 +21,9 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             let d = d.with_group_state(sb("Dead"));
             if version >= 6 {
                 let message = format!("Group {} not found.", d.group_id.as_str());
-                d.with_error_code(err::GROUP_ID_NOT_FOUND).with_error_message(Some(sb(&message))).with_authorized_operations(acl::NOT_REQUESTED)
+                d.with_error_code(err::GROUP_ID_NOT_FOUND)
+                    .with_error_message(Some(sb(&message)))
+                    .with_authorized_operations(acl::NOT_REQUESTED)
             } else {
                 d
             }
@@ -85,7 +87,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 continue;
             }
             let (state, kind) = (g.state_name(), g.group_type());
-            if (!states.is_empty() && !states.contains(&state.to_lowercase())) || (!types.is_empty() && !types.contains(&kind.to_string())) {
+            if (!states.is_empty() && !states.contains(&state.to_lowercase())) || (!types.is_empty() && !types.contains(&kind.to_string()))
+            {
                 continue;
             }
             out.push(

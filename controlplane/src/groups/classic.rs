@@ -380,7 +380,8 @@ impl Classic {
         self.state = State::CompletingRebalance;
         self.sync_deadline = Some(now + self.max_rebalance_timeout());
         let all = self.member_list();
-        let (generation, protocol, protocol_type, leader) = (self.generation, self.protocol.clone(), self.protocol_type.clone(), self.leader.clone());
+        let (generation, protocol, protocol_type, leader) =
+            (self.generation, self.protocol.clone(), self.protocol_type.clone(), self.leader.clone());
         for m in self.members.values_mut() {
             m.assignment = Bytes::new();
             m.deadline = now + m.session_timeout;
@@ -440,7 +441,8 @@ enum Joined {
 
 impl<M: MetaStore + Clone> Coordinator<M> {
     pub(super) async fn join_group(&self, req: JoinGroupRequest, version: i16, client: &Client) -> JoinGroupResponse {
-        let fail = |code: i16| JoinGroupResponse::default().with_error_code(code).with_generation_id(-1).with_member_id(req.member_id.clone());
+        let fail =
+            |code: i16| JoinGroupResponse::default().with_error_code(code).with_generation_id(-1).with_member_id(req.member_id.clone());
         let group_id = req.group_id.0.to_string();
         if group_id.is_empty() {
             return fail(err::INVALID_GROUP_ID);
@@ -450,7 +452,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             return fail(err::INVALID_SESSION_TIMEOUT);
         }
         // v0 has no rebalance timeout: it is the session timeout.
-        let rebalance = if version == 0 || req.rebalance_timeout_ms <= 0 { session } else { Duration::from_millis(req.rebalance_timeout_ms as u64) };
+        let rebalance =
+            if version == 0 || req.rebalance_timeout_ms <= 0 { session } else { Duration::from_millis(req.rebalance_timeout_ms as u64) };
         let protocol_type = req.protocol_type.to_string();
         let protocols: Vec<(String, Bytes)> = req.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect();
         if protocol_type.is_empty() || protocols.is_empty() {
@@ -540,7 +543,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 } else if instance_id.is_none() && version >= 4 {
                     let id = new_member_id(&client.id);
                     c.pending.insert(id.clone(), now + session);
-                    return JoinGroupResponse::default().with_error_code(err::MEMBER_ID_REQUIRED).with_generation_id(-1).with_member_id(sb(&id));
+                    return JoinGroupResponse::default()
+                        .with_error_code(err::MEMBER_ID_REQUIRED)
+                        .with_generation_id(-1)
+                        .with_member_id(sb(&id));
                 } else {
                     let id = new_member_id(instance_id.as_deref().unwrap_or(&client.id));
                     if let Some(i) = &instance_id {
@@ -792,12 +798,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         let before = c.pending.len();
         c.pending.retain(|_, deadline| *deadline > now);
         let mut changed = c.pending.len() != before;
-        let expired: Vec<String> = c
-            .members
-            .values()
-            .filter(|m| m.deadline <= now && m.join.is_none() && m.sync.is_none())
-            .map(|m| m.id.clone())
-            .collect();
+        let expired: Vec<String> =
+            c.members.values().filter(|m| m.deadline <= now && m.join.is_none() && m.sync.is_none()).map(|m| m.id.clone()).collect();
         for id in &expired {
             tracing::info!(group = %g.id, member = %id, "session expired");
             c.remove_member(id, err::UNKNOWN_MEMBER_ID);

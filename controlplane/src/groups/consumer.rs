@@ -284,7 +284,8 @@ impl Consumer {
     /// Recomputes the subscribed topics after a restart without bumping the group epoch: the
     /// target assignment stored with the group was computed from them.
     pub fn resync_topics(&mut self, topics: &BTreeMap<String, ([u8; 16], i32)>) {
-        self.topics_seen = topics.iter().filter(|(name, _)| self.members.values().any(|m| m.matches(name))).map(|(n, v)| (n.clone(), *v)).collect();
+        self.topics_seen =
+            topics.iter().filter(|(name, _)| self.members.values().any(|m| m.matches(name))).map(|(n, v)| (n.clone(), *v)).collect();
     }
 
     pub fn state_name(&self) -> &'static str {
@@ -407,7 +408,12 @@ impl Consumer {
 
 /// The target assignment: `range` (contiguous ranges per topic) or `uniform` (balanced over all
 /// subscribed partitions, keeping each partition with its current owner where balance allows).
-fn assign(assignor: &str, members: &BTreeMap<String, Member>, topics: &BTreeMap<String, ([u8; 16], i32)>, previous: &BTreeMap<String, Parts>) -> BTreeMap<String, Parts> {
+fn assign(
+    assignor: &str,
+    members: &BTreeMap<String, Member>,
+    topics: &BTreeMap<String, ([u8; 16], i32)>,
+    previous: &BTreeMap<String, Parts>,
+) -> BTreeMap<String, Parts> {
     let mut out: BTreeMap<String, Parts> = members.keys().map(|id| (id.clone(), Parts::new())).collect();
     if members.is_empty() {
         return out;
@@ -482,15 +488,25 @@ fn assign(assignor: &str, members: &BTreeMap<String, Member>, topics: &BTreeMap<
 
 fn to_wire(p: &Parts) -> Assignment {
     Assignment::default().with_topic_partitions(
-        p.iter().map(|(t, ps)| TopicPartitions::default().with_topic_id(Uuid::from_bytes(*t)).with_partitions(ps.iter().copied().collect())).collect(),
+        p.iter()
+            .map(|(t, ps)| TopicPartitions::default().with_topic_id(Uuid::from_bytes(*t)).with_partitions(ps.iter().copied().collect()))
+            .collect(),
     )
 }
 
 impl<M: MetaStore + Clone> Coordinator<M> {
-    pub(super) async fn consumer_heartbeat(&self, req: ConsumerGroupHeartbeatRequest, _version: i16, client: &Client) -> ConsumerGroupHeartbeatResponse {
+    pub(super) async fn consumer_heartbeat(
+        &self,
+        req: ConsumerGroupHeartbeatRequest,
+        _version: i16,
+        client: &Client,
+    ) -> ConsumerGroupHeartbeatResponse {
         let interval = self.cfg.consumer_heartbeat_interval.as_millis() as i32;
         let fail = |code: i16, msg: &str| {
-            ConsumerGroupHeartbeatResponse::default().with_error_code(code).with_error_message(Some(sb(msg))).with_heartbeat_interval_ms(interval)
+            ConsumerGroupHeartbeatResponse::default()
+                .with_error_code(code)
+                .with_error_message(Some(sb(msg)))
+                .with_heartbeat_interval_ms(interval)
         };
         let group_id = req.group_id.0.to_string();
         if group_id.is_empty() {
@@ -502,7 +518,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         }
         if let Some(a) = req.server_assignor.as_deref() {
             if !ASSIGNORS.contains(&a) {
-                return fail(err::UNSUPPORTED_ASSIGNOR, &format!("ServerAssignor {a} is not supported. Supported assignors: uniform, range."));
+                return fail(
+                    err::UNSUPPORTED_ASSIGNOR,
+                    &format!("ServerAssignor {a} is not supported. Supported assignors: uniform, range."),
+                );
             }
         }
         if let Some(re) = req.subscribed_topic_regex.as_deref() {
@@ -538,7 +557,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 None => {}
             }
             c.refresh(&topics, membership_changed);
-            let resp = ConsumerGroupHeartbeatResponse::default().with_member_id(Some(sb(&id))).with_member_epoch(epoch).with_heartbeat_interval_ms(interval);
+            let resp = ConsumerGroupHeartbeatResponse::default()
+                .with_member_id(Some(sb(&id)))
+                .with_member_epoch(epoch)
+                .with_heartbeat_interval_ms(interval);
             self.save_consumer(&mut g).await;
             return resp;
         } else if epoch == 0 {
@@ -582,7 +604,9 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             };
             if let Some(inst) = req.instance_id.as_deref() {
                 // An instance id names one member: another process using it is fenced.
-                if c.members.values().any(|o| o.id != id && o.instance_id.as_deref() == Some(inst)) || m.instance_id.as_deref().is_some_and(|mine| mine != inst) {
+                if c.members.values().any(|o| o.id != id && o.instance_id.as_deref() == Some(inst))
+                    || m.instance_id.as_deref().is_some_and(|mine| mine != inst)
+                {
                     return fail(err::FENCED_INSTANCE_ID, &format!("Instance id {inst} belongs to another member."));
                 }
             }
@@ -594,7 +618,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     .unwrap_or_default();
                 let tolerated = epoch == m.previous_epoch && req.topic_partitions.is_some() && is_subset(&owned, &m.assigned);
                 if !tolerated {
-                    return fail(err::FENCED_MEMBER_EPOCH, &format!("The member epoch {epoch} is fenced; the current epoch is {}.", m.epoch));
+                    return fail(
+                        err::FENCED_MEMBER_EPOCH,
+                        &format!("The member epoch {epoch} is fenced; the current epoch is {}.", m.epoch),
+                    );
                 }
             }
             id
@@ -682,12 +709,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         if c.members.is_empty() {
             return false;
         }
-        let gone: Vec<String> = c
-            .members
-            .values()
-            .filter(|m| m.deadline <= now || m.revoke_deadline.is_some_and(|t| t <= now))
-            .map(|m| m.id.clone())
-            .collect();
+        let gone: Vec<String> =
+            c.members.values().filter(|m| m.deadline <= now || m.revoke_deadline.is_some_and(|t| t <= now)).map(|m| m.id.clone()).collect();
         if gone.is_empty() {
             return false;
         }
@@ -701,7 +724,12 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         true
     }
 
-    pub(super) async fn consumer_describe(&self, req: ConsumerGroupDescribeRequest, _version: i16, _client: &Client) -> describe::ConsumerGroupDescribeResponse {
+    pub(super) async fn consumer_describe(
+        &self,
+        req: ConsumerGroupDescribeRequest,
+        _version: i16,
+        _client: &Client,
+    ) -> describe::ConsumerGroupDescribeResponse {
         let ops = sluice_rpc::acl::if_asked(req.include_authorized_operations, sluice_rpc::acl::GROUP_OPS);
         let topics = self.topics();
         let names: BTreeMap<[u8; 16], String> = topics.iter().map(|(n, (id, _))| (*id, n.clone())).collect();
@@ -724,7 +752,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 Some(g) => g,
                 None => {
                     let d = d.with_authorized_operations(sluice_rpc::acl::NOT_REQUESTED);
-                    out.push(d.with_error_code(err::GROUP_ID_NOT_FOUND).with_error_message(Some(sb(&format!("Group {} not found.", id.as_str())))));
+                    out.push(
+                        d.with_error_code(err::GROUP_ID_NOT_FOUND)
+                            .with_error_message(Some(sb(&format!("Group {} not found.", id.as_str())))),
+                    );
                     continue;
                 }
             };
@@ -732,7 +763,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             let is_consumer = g.kind() == Some(Kind::Consumer) || (g.is_empty() && g.group_type() == "consumer");
             if !is_consumer {
                 let d = d.with_authorized_operations(sluice_rpc::acl::NOT_REQUESTED);
-                out.push(d.with_error_code(err::GROUP_ID_NOT_FOUND).with_error_message(Some(sb(&format!("Group {} is not a consumer group.", id.as_str())))));
+                out.push(
+                    d.with_error_code(err::GROUP_ID_NOT_FOUND)
+                        .with_error_message(Some(sb(&format!("Group {} is not a consumer group.", id.as_str())))),
+                );
                 continue;
             }
             let c = &g.consumer;

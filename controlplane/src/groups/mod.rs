@@ -255,7 +255,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         let mut body = req.body;
         macro_rules! run {
             ($handler:expr) => {{
-                let r = Decodable::decode(&mut body, version).map_err(|e| (err::INVALID_REQUEST, format!("cannot decode {api:?} v{version}: {e}")))?;
+                let r = Decodable::decode(&mut body, version)
+                    .map_err(|e| (err::INVALID_REQUEST, format!("cannot decode {api:?} v{version}: {e}")))?;
                 let resp = $handler(self, r, version, &client).await;
                 encode(&resp, version)
             }};

@@ -28,7 +28,11 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     let partitions = t
                         .partitions
                         .iter()
-                        .map(|p| OffsetCommitResponsePartition::default().with_partition_index(p.partition_index).with_error_code(code_of(&t.name, p.partition_index)))
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code_of(&t.name, p.partition_index))
+                        })
                         .collect();
                     OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions)
                 })
@@ -103,7 +107,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         if version >= 8 {
             let mut groups = Vec::new();
             for rg in &req.groups {
-                let wanted: Wanted = rg.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.to_string(), t.partition_indexes.clone())).collect());
+                let wanted: Wanted =
+                    rg.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.to_string(), t.partition_indexes.clone())).collect());
                 let member = rg.member_id.as_ref().map(|m| (m.to_string(), rg.member_epoch));
                 let (code, found) = self.fetch_group(&rg.group_id, wanted, member).await;
                 let topics = found
@@ -123,7 +128,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                         OffsetFetchResponseTopics::default().with_name(TopicName(sb(&name))).with_partitions(partitions)
                     })
                     .collect();
-                groups.push(OffsetFetchResponseGroup::default().with_group_id(rg.group_id.clone()).with_error_code(code).with_topics(topics));
+                groups
+                    .push(OffsetFetchResponseGroup::default().with_group_id(rg.group_id.clone()).with_error_code(code).with_topics(topics));
             }
             return OffsetFetchResponse::default().with_groups(groups);
         }
@@ -136,20 +142,36 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     .into_iter()
                     .map(|(p, o)| {
                         let (offset, epoch, metadata) = committed(&o);
-                        let r = OffsetFetchResponsePartition::default().with_partition_index(p).with_committed_offset(offset).with_metadata(Some(metadata));
+                        let r = OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(offset)
+                            .with_metadata(Some(metadata));
                         let r = if version >= 5 { r.with_committed_leader_epoch(epoch) } else { r };
-                        if version < 2 { r.with_error_code(code) } else { r }
+                        if version < 2 {
+                            r.with_error_code(code)
+                        } else {
+                            r
+                        }
                     })
                     .collect();
                 OffsetFetchResponseTopic::default().with_name(TopicName(sb(&name))).with_partitions(partitions)
             })
             .collect();
         let resp = OffsetFetchResponse::default().with_topics(topics);
-        if version >= 2 { resp.with_error_code(code) } else { resp }
+        if version >= 2 {
+            resp.with_error_code(code)
+        } else {
+            resp
+        }
     }
 
     /// A group's committed offsets for what was asked (or all), and an error code for the group.
-    async fn fetch_group(&self, group_id: &str, wanted: Wanted, member: Option<(String, i32)>) -> (i16, Vec<(String, Vec<(i32, Option<OffsetRecord>)>)>) {
+    async fn fetch_group(
+        &self,
+        group_id: &str,
+        wanted: Wanted,
+        member: Option<(String, i32)>,
+    ) -> (i16, Vec<(String, Vec<(i32, Option<OffsetRecord>)>)>) {
         let g = self.existing(group_id);
         let g = match &g {
             Some(g) => Some(g.lock().await),

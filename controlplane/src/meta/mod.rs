@@ -88,8 +88,7 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Reads a key.
     fn get(&self, key: &str) -> impl Future<Output = MetaResult<Option<Versioned>>> + Send;
     /// Lists keys in `[start, end)` in order, at most `limit`.
-    fn range(&self, start: &str, end: &str, limit: usize)
-        -> impl Future<Output = MetaResult<Vec<(String, Versioned)>>> + Send;
+    fn range(&self, start: &str, end: &str, limit: usize) -> impl Future<Output = MetaResult<Vec<(String, Versioned)>>> + Send;
     /// Applies `ops` if every condition holds; returns the new revision.
     fn txn(&self, conds: Vec<Cond>, ops: Vec<Op>) -> impl Future<Output = MetaResult<u64>> + Send;
     /// Starts a session for ephemeral keys.

@@ -102,9 +102,7 @@ impl RedbMetaStore {
             let mut kv = w.open_table(KV).map_err(backend)?;
             for c in &conds {
                 let ok = match c {
-                    Cond::Version(k, v) => {
-                        kv.get(k.as_str()).map_err(backend)?.is_some_and(|g| split(g.value()).0 == *v)
-                    }
+                    Cond::Version(k, v) => kv.get(k.as_str()).map_err(backend)?.is_some_and(|g| split(g.value()).0 == *v),
                     Cond::Absent(k) => kv.get(k.as_str()).map_err(backend)?.is_none(),
                 };
                 if !ok {
@@ -222,10 +220,7 @@ impl MetaStore for RedbMetaStore {
         blocking(move || {
             // Delete only keys still owned by this session: another session may have taken one over.
             let owned: Vec<String> = me.read(|kv| {
-                Ok(keys
-                    .into_iter()
-                    .filter(|k| kv.get(k.as_str()).ok().flatten().is_some_and(|g| split(g.value()).1 == session))
-                    .collect())
+                Ok(keys.into_iter().filter(|k| kv.get(k.as_str()).ok().flatten().is_some_and(|g| split(g.value()).1 == session)).collect())
             })?;
             me.apply(vec![], owned.into_iter().map(Op::Delete).collect()).map(|_| ())
         })
@@ -267,7 +262,10 @@ mod tests {
         assert!(v2 > v1);
         assert!(matches!(store.put("a", Bytes::from_static(b"3"), Some(v1)).await, Err(MetaError::ConditionFailed)));
         store
-            .txn(vec![Cond::Absent("b".into())], vec![Op::Put("b".into(), Bytes::from_static(b"b")), Op::Put("c".into(), Bytes::from_static(b"c"))])
+            .txn(
+                vec![Cond::Absent("b".into())],
+                vec![Op::Put("b".into(), Bytes::from_static(b"b")), Op::Put("c".into(), Bytes::from_static(b"c"))],
+            )
             .await
             .unwrap();
         let keys: Vec<String> = store.range("a", "z", 10).await.unwrap().into_iter().map(|(k, _)| k).collect();

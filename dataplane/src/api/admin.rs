@@ -28,7 +28,11 @@ async fn admin(shard: &Rc<Shard>, body: Body, count: usize) -> Vec<TopicResult> 
             results
         }
         _ => (0..count)
-            .map(|_| TopicResult { error: i32::from(code::REQUEST_TIMED_OUT), message: Some("control plane unavailable".into()), ..Default::default() })
+            .map(|_| TopicResult {
+                error: i32::from(code::REQUEST_TIMED_OUT),
+                message: Some("control plane unavailable".into()),
+                ..Default::default()
+            })
             .collect(),
     }
 }
@@ -43,7 +47,13 @@ pub async fn create_topics(shard: &Rc<Shard>, req: CreateTopicsRequest, version:
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut r = CreatableTopicResult::default().with_name(t.name.clone()).with_num_partitions(-1).with_replication_factor(-1);
-        let partitions = if !t.assignments.is_empty() { t.assignments.len() as i32 } else if t.num_partitions == -1 { shard.cfg.num_partitions } else { t.num_partitions };
+        let partitions = if !t.assignments.is_empty() {
+            t.assignments.len() as i32
+        } else if t.num_partitions == -1 {
+            shard.cfg.num_partitions
+        } else {
+            t.num_partitions
+        };
         let error = if seen[&name] > 1 {
             Some((code::INVALID_REQUEST, format!("Create topics request from client contains duplicate topic {name}.")))
         } else if t.replication_factor == 0 || t.replication_factor < -1 {
@@ -150,15 +160,23 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest, version:
 }
 
 pub async fn create_partitions(shard: &Rc<Shard>, req: CreatePartitionsRequest, _version: i16) -> CreatePartitionsResponse {
-    let incs: Vec<PartitionIncrease> = req.topics.iter().map(|t| PartitionIncrease { name: t.name.0.to_string(), count: t.count }).collect();
+    let incs: Vec<PartitionIncrease> =
+        req.topics.iter().map(|t| PartitionIncrease { name: t.name.0.to_string(), count: t.count }).collect();
     let n = incs.len();
-    let replies = if n == 0 { Vec::new() } else { admin(shard, Body::CreatePartitions(sluice_rpc::CreatePartitions { topics: incs, validate_only: req.validate_only }), n).await };
+    let replies = if n == 0 {
+        Vec::new()
+    } else {
+        admin(shard, Body::CreatePartitions(sluice_rpc::CreatePartitions { topics: incs, validate_only: req.validate_only }), n).await
+    };
     let results = req
         .topics
         .into_iter()
         .zip(replies)
         .map(|(t, rep)| {
-            CreatePartitionsTopicResult::default().with_name(t.name).with_error_code(rep.error as i16).with_error_message(rep.message.map(|m| sb(&m)))
+            CreatePartitionsTopicResult::default()
+                .with_name(t.name)
+                .with_error_code(rep.error as i16)
+                .with_error_message(rep.message.map(|m| sb(&m)))
         })
         .collect();
     CreatePartitionsResponse::default().with_results(results)

@@ -94,7 +94,14 @@ fn topic_entries(shard: &Shard, set: &std::collections::HashMap<String, String>)
         .map(|c| {
             let default = if c.name == "max.message.bytes" { shard.cfg.max_message_bytes.to_string() } else { c.default.to_string() };
             match set.get(c.name) {
-                Some(v) => Entry { name: c.name.into(), value: v.clone(), source: TOPIC_CONFIG, kind: c.kind, doc: c.doc, default: Some((default, DEFAULT_CONFIG)) },
+                Some(v) => Entry {
+                    name: c.name.into(),
+                    value: v.clone(),
+                    source: TOPIC_CONFIG,
+                    kind: c.kind,
+                    doc: c.doc,
+                    default: Some((default, DEFAULT_CONFIG)),
+                },
                 None => Entry { name: c.name.into(), value: default, source: DEFAULT_CONFIG, kind: c.kind, doc: c.doc, default: None },
             }
         })
@@ -128,7 +135,12 @@ fn broker_entries(shard: &Shard) -> Vec<Entry> {
         e("num.partitions", c.num_partitions.to_string(), int, "Partitions of auto-created topics."),
         e("sluice.cache.bytes", c.cache_bytes.to_string(), long, "Byte limit of the committed-batch cache."),
         e("sluice.wal.flush.bytes", c.wal_flush_bytes.to_string(), long, "WAL object size that triggers a flush."),
-        e("sluice.wal.flush.interval.ms", c.wal_flush_interval.as_millis().to_string(), long, "Longest a batch waits before its WAL object is cut."),
+        e(
+            "sluice.wal.flush.interval.ms",
+            c.wal_flush_interval.as_millis().to_string(),
+            long,
+            "Longest a batch waits before its WAL object is cut.",
+        ),
         e("socket.request.max.bytes", c.socket_request_max_bytes.to_string(), int, "Largest request frame."),
     ]
 }

@@ -32,10 +32,15 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     for (ti, t) in req.topics.iter().enumerate() {
         // From v13 topics are named by id (and the answer carries the id, not the name).
         names.push((t.topic.clone(), t.topic_id));
-        let topic = if version >= 13 { resolve_id(shard, &t.topic_id).await } else { resolve(shard, &t.topic.0, false).await.map_err(|_| code::UNKNOWN_TOPIC_OR_PARTITION) };
+        let topic = if version >= 13 {
+            resolve_id(shard, &t.topic_id).await
+        } else {
+            resolve(shard, &t.topic.0, false).await.map_err(|_| code::UNKNOWN_TOPIC_OR_PARTITION)
+        };
         for p in &t.partitions {
             let target = topic.as_ref().map_err(|e| *e).and_then(|topic| {
-                let stream = usize::try_from(p.partition).ok().and_then(|i| topic.streams.get(i)).ok_or(code::UNKNOWN_TOPIC_OR_PARTITION)?;
+                let stream =
+                    usize::try_from(p.partition).ok().and_then(|i| topic.streams.get(i)).ok_or(code::UNKNOWN_TOPIC_OR_PARTITION)?;
                 Ok((*stream, shard.owner(&topic.topic_id, p.partition)))
             });
             wants.push(Want {
@@ -58,9 +63,10 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
             break results;
         }
         // Data may have arrived between the reads and now: check this shard's view first.
-        let advanced = wants.iter().zip(&results).any(|(w, r)| {
-            w.target.ok().and_then(|(s, _)| shard.marks(s)).is_some_and(|m| m.hwm > r.2.hwm.max(w.offset))
-        });
+        let advanced = wants
+            .iter()
+            .zip(&results)
+            .any(|(w, r)| w.target.ok().and_then(|(s, _)| shard.marks(s)).is_some_and(|m| m.hwm > r.2.hwm.max(w.offset)));
         if advanced {
             continue;
         }

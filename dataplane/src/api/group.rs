@@ -5,13 +5,13 @@
 //! the client gets COORDINATOR_NOT_AVAILABLE and looks the coordinator up again, as with Kafka.
 
 use super::{frame_body, sb, Reply, Request};
+use crate::order::{ConnInfo, Turn};
 use crate::shard::{Shard, RPC_TIMEOUT};
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
 use kafka_protocol::messages::{ApiKey, BrokerId};
 use sluice_rpc::{body::Body, forward, KafkaRequest};
 use std::rc::Rc;
-use crate::order::{ConnInfo, Turn};
 use std::time::{Duration, Instant};
 
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;

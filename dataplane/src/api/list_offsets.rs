@@ -101,7 +101,8 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
 /// batches are scanned in place; compressed batches are decompressed (only here: produce and
 /// fetch never decompress).
 async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64)>, i16> {
-    let entry: IndexEntry = match shard.rpc.call(Body::OffsetForTime(OffsetForTime { stream_id: stream, timestamp: ts }), RPC_TIMEOUT).await {
+    let entry: IndexEntry = match shard.rpc.call(Body::OffsetForTime(OffsetForTime { stream_id: stream, timestamp: ts }), RPC_TIMEOUT).await
+    {
         Ok(Body::OffsetForTimeReply(r)) if r.error == 0 => match r.entry {
             Some(e) => e,
             None => return Ok(None),
@@ -112,7 +113,8 @@ async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64
     // The chunk holding the largest timestamp is the first to reach it, and no record before
     // it in the chunk does: the first record at or after it is the one.
     let ts = if ts == MAX_TIMESTAMP { entry.max_timestamp } else { ts };
-    let data = shard.store.get_range(&entry.object_key, entry.position, entry.length as usize).await.map_err(|_| code::KAFKA_STORAGE_ERROR)?;
+    let data =
+        shard.store.get_range(&entry.object_key, entry.position, entry.length as usize).await.map_err(|_| code::KAFKA_STORAGE_ERROR)?;
     let batches = wal_format::batch::split(&data).map_err(|_| code::KAFKA_STORAGE_ERROR)?;
     let mut base = entry.base_offset;
     for (pos, h) in batches {

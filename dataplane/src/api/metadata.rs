@@ -47,7 +47,11 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             let mut out = Vec::with_capacity(names.len());
             for name in names {
                 let Some(name) = name else {
-                    out.push(MetadataResponseTopic::default().with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION).with_topic_authorized_operations(acl::NOT_REQUESTED));
+                    out.push(
+                        MetadataResponseTopic::default()
+                            .with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION)
+                            .with_topic_authorized_operations(acl::NOT_REQUESTED),
+                    );
                     continue;
                 };
                 out.push(match resolve(shard, &name, allow_create).await {

@@ -108,7 +108,8 @@ pub fn parse(mut frame: Bytes) -> Result<Request, ParseError> {
         // Kafka answers an ApiVersions it cannot parse with a v0 response carrying
         // UNSUPPORTED_VERSION and its ranges; only the correlation id (bytes 4..8) is needed.
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let header = RequestHeader::default().with_request_api_key(key).with_request_api_version(version).with_correlation_id(correlation_id);
+        let header =
+            RequestHeader::default().with_request_api_key(key).with_request_api_version(version).with_correlation_id(correlation_id);
         return Ok(Request { api, version, header, body: Bytes::new(), unsupported_api_versions: true });
     }
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(|e| ParseError::Header(e.to_string()))?;

@@ -3,8 +3,8 @@
 //! batches are durable and committed. acks=0 gets no response, as in Kafka.
 
 use super::metadata::{resolve, resolve_id};
-use crate::shard::{code, AppendReq, Shard};
 use crate::order::Turn;
+use crate::shard::{code, AppendReq, Shard};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::Either;
@@ -48,7 +48,12 @@ pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<Ap
 }
 
 fn partition(index: i32, error: i16) -> PartitionProduceResponse {
-    PartitionProduceResponse::default().with_index(index).with_error_code(error).with_base_offset(-1).with_log_append_time_ms(-1).with_log_start_offset(-1)
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(error)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
 }
 
 /// Runs a produce request when its turn comes; passes the turn on once every batch holds its

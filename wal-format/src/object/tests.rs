@@ -173,11 +173,7 @@ fn builder_panics_on_append_without_a_chunk() {
 fn decode_rejects_less_than_header_and_footer() {
     let bytes = encode(1, 2, &[]);
     for len in 0..HEADER_LEN + FOOTER_LEN {
-        assert_eq!(
-            decode(&bytes[..len]),
-            Err(Error::Truncated { at: 0, needed: HEADER_LEN + FOOTER_LEN, have: len }),
-            "length {len}"
-        );
+        assert_eq!(decode(&bytes[..len]), Err(Error::Truncated { at: 0, needed: HEADER_LEN + FOOTER_LEN, have: len }), "length {len}");
     }
 }
 
@@ -186,10 +182,7 @@ fn decode_rejects_a_wrong_magic() {
     let mut bytes = two_chunks();
     bytes[0..4].copy_from_slice(b"SLWX");
     reseal(&mut bytes);
-    assert_eq!(
-        decode(&bytes),
-        Err(Error::Unsupported { what: "WAL object magic", value: i64::from(u32::from_be_bytes(*b"SLWX")) })
-    );
+    assert_eq!(decode(&bytes), Err(Error::Unsupported { what: "WAL object magic", value: i64::from(u32::from_be_bytes(*b"SLWX")) }));
 }
 
 #[test]
@@ -294,10 +287,7 @@ fn decode_rejects_a_wrong_chunk_crc() {
     let mut bytes = two_chunks();
     bytes[47] = b'D';
     reseal(&mut bytes);
-    assert_eq!(
-        decode(&bytes),
-        Err(Error::Crc { at: 46, expected: crc32c::crc32c(b"cd"), actual: crc32c::crc32c(b"cD") })
-    );
+    assert_eq!(decode(&bytes), Err(Error::Crc { at: 46, expected: crc32c::crc32c(b"cd"), actual: crc32c::crc32c(b"cD") }));
 }
 
 #[test]
