@@ -9,7 +9,7 @@ use crate::cache::BatchCache;
 use crate::config::Config;
 use crate::notify::Notify;
 use crate::rpc_client::{Event, RpcClient, RpcError};
-use crate::store::LocalObjectStore;
+use crate::store::{LocalObjectStore, ObjectStore};
 use crate::{conn, wal};
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -169,7 +169,8 @@ pub struct Shard {
     pub marks_changed: Notify,
     pub wal: wal::Wal,
     pub cache: RefCell<BatchCache>,
-    pub store: LocalObjectStore,
+    /// The object store this shard writes its WAL objects to and reads them from.
+    pub store: Rc<dyn ObjectStore>,
     pub metrics: crate::metrics::ShardMetrics,
 }
 
@@ -307,11 +308,14 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
         marks_changed: Notify::default(),
         wal: wal::Wal::new(&cfg),
         cache: RefCell::new(BatchCache::new(cfg.cache_bytes / cfg.cores)),
-        store: LocalObjectStore::new(&cfg.data_dir),
+        store: {
+            let local = LocalObjectStore::new(&cfg.data_dir);
+            local.probe_device().await;
+            Rc::new(local)
+        },
         metrics: Default::default(),
         cfg,
     });
-    shard.store.probe_device().await;
     let (ev_tx, ev_rx) = local_channel::new_bounded(1024);
     let register = Register {
         protocol_version: sluice_rpc::PROTOCOL_VERSION,

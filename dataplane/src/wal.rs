@@ -213,7 +213,7 @@ fn cut(shard: &Rc<Shard>) {
     wal.generation.set(wal.generation.get() + 1);
     let bytes = wal.open_bytes.replace(0);
     let object_id = uuid::Uuid::new_v4().as_u128();
-    let me = Ticket::new(format!("{object_id:032x}.wal"));
+    let me = Ticket::new(crate::store::wal_object_key(object_id));
     let previous = wal.last_commit.replace(Some(me.clone()));
     glommio::spawn_local(flush(shard.clone(), batch, bytes, object_id, previous, me)).detach();
 }

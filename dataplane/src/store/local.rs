@@ -1,4 +1,4 @@
-//! The local-directory object store, on the shard's own io_uring (glommio file I/O).
+//! The local-directory [`ObjectStore`], on the shard's own io_uring (glommio file I/O).
 //!
 //! Objects live in segments: per-shard files under `objects/seg/` of 64 MiB, allocated ahead of
 //! need with `fallocate` (in the background, then fdatasynced, and the directory synced). A put
@@ -20,6 +20,7 @@
 //! `objects/wal/` instead: written to `objects/tmp/`, synced, renamed, directory synced.
 //! Reads are ranged (one chunk of an object at a time).
 
+use super::{ObjectStore, StoreFuture};
 use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriterBuilder};
@@ -157,7 +158,7 @@ impl LocalObjectStore {
 
     /// Durably stores `data`; returns its key. `fallback_key` names it if it has to be written
     /// as a file of its own.
-    pub async fn put(&self, fallback_key: &str, data: &[u8]) -> std::io::Result<String> {
+    async fn put_object(&self, fallback_key: &str, data: &[u8]) -> std::io::Result<String> {
         let aligned = (data.len() as u64).div_ceil(ALIGN) * ALIGN;
         if aligned <= SEGMENT_BYTES / 2 {
             if let Some((file, name, at)) = self.reserve(aligned) {
@@ -186,16 +187,19 @@ impl LocalObjectStore {
         sync_dir(&self.wal_dir).await
     }
 
+    /// Where an object's bytes are: a file and the offset of the object in it.
+    fn locate(&self, key: &str) -> std::io::Result<(PathBuf, u64)> {
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad object key {key}"));
+        match key.strip_prefix("seg/").and_then(|k| k.rsplit_once('@')) {
+            Some((name, at)) => Ok((self.seg_dir.join(name), at.parse().map_err(|_| bad())?)),
+            None if key.is_empty() || key.contains('/') => Err(bad()),
+            None => Ok((self.wal_dir.join(key), 0)),
+        }
+    }
+
     /// Reads `len` bytes at `pos` of object `key` into a buffer the caller may patch in place.
-    pub async fn get_range(&self, key: &str, pos: u64, len: usize) -> std::io::Result<BytesMut> {
-        let (path, base) = match key.strip_prefix("seg/").and_then(|k| k.rsplit_once('@')) {
-            Some((name, at)) => {
-                let at: u64 =
-                    at.parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad object key {key}")))?;
-                (self.seg_dir.join(name), at)
-            }
-            None => (self.wal_dir.join(key), 0),
-        };
+    async fn read_range(&self, key: &str, pos: u64, len: usize) -> std::io::Result<BytesMut> {
+        let (path, base) = self.locate(key)?;
         let file = self.reader(path).await?;
         let buf = file.read_at(base + pos, len).await?;
         if buf.len() != len {
@@ -229,6 +233,52 @@ impl LocalObjectStore {
     }
 }
 
+impl ObjectStore for LocalObjectStore {
+    fn put<'a>(&'a self, key: &'a str, data: &'a [u8]) -> StoreFuture<'a, String> {
+        Box::pin(self.put_object(key, data))
+    }
+
+    fn get_range<'a>(&'a self, key: &'a str, pos: u64, len: usize) -> StoreFuture<'a, BytesMut> {
+        Box::pin(self.read_range(key, pos, len))
+    }
+
+    /// Removes an object stored as a file. An object in a segment shares its file with others:
+    /// its range is let go of with the segment, once nothing in it is referenced (garbage
+    /// collection, later), so deleting it alone removes nothing.
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if key.starts_with("seg/") {
+                return Ok(());
+            }
+            let (path, _) = self.locate(key)?;
+            self.readers.borrow_mut().retain(|(p, _)| *p != path);
+            match glommio::io::remove(&path).await {
+                Ok(()) => sync_dir(&self.wal_dir).await,
+                Err(e) if matches!(&e, glommio::GlommioError::IoError(io) if io.kind() == std::io::ErrorKind::NotFound) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Objects stored as files whose key starts with `prefix`, and segments (`seg/<name>`) whose
+    /// name does, sorted.
+    fn list<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut keys = Vec::new();
+            for (dir, key_prefix) in [(&self.wal_dir, ""), (&self.seg_dir, "seg/")] {
+                for entry in std::fs::read_dir(dir)? {
+                    let key = format!("{key_prefix}{}", entry?.file_name().to_string_lossy());
+                    if key.starts_with(prefix) {
+                        keys.push(key);
+                    }
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        })
+    }
+}
+
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let d = glommio::io::Directory::open(dir).await?;
     d.sync().await?;
@@ -253,6 +303,7 @@ async fn prepare_segment(dir: &Path) -> std::io::Result<Segment> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::contract;
 
     /// Runs `test` on a glommio executor with a fresh store in a temporary data directory.
     fn with_store<F: std::future::Future<Output = ()> + 'static>(test: impl FnOnce(LocalObjectStore, PathBuf) -> F + Send + 'static) {
@@ -299,6 +350,11 @@ mod tests {
                 assert_eq!(&store.get_range(key, 1000, 500).await.expect("ranged read")[..], &data[1000..1500], "{key}");
             }
         });
+    }
+
+    #[test]
+    fn local_store_keeps_the_object_store_contract() {
+        with_store(|store, _| async move { contract(&store).await });
     }
 
     #[test]
