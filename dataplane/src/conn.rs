@@ -2,18 +2,23 @@
 //! own task (so requests pipeline) that takes effect in the order read ([`crate::order`]), and
 //! writes the responses strictly in request order, as Kafka requires.
 //!
+//! Generic over the byte stream ([`serve`] takes anything readable and writable), so a TLS
+//! stream can wrap the socket; what the requests share is the [`ConnContext`].
+//!
 //! Bad input closes the connection and nothing else: a length prefix that is negative or over
 //! `socket.request.max.bytes`, a frame cut short by EOF, an unknown API key or version, or a
 //! body that does not decode. Other connections are unaffected.
 
 use crate::api::{self, Reply};
-use crate::order::{ConnInfo, Order};
+use crate::context::ConnContext;
+use crate::metrics::M;
+use crate::order::Order;
 use crate::shard::Shard;
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel;
-use glommio::net::TcpStream;
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 thread_local! {
@@ -34,14 +39,14 @@ const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 const READ_STEP: usize = 1 << 20;
 
 /// Serves a connection until the client closes it or sends something unacceptable.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let peer_addr = stream.peer_addr().ok();
-    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
-    let peer_ip: Rc<str> = Rc::from(peer_addr.map(|a| a.ip().to_string()).unwrap_or_default());
-    let conn = ConnInfo::new(NEXT_CONN_ID.with(|n| n.replace(n.get() + 1)), peer_ip);
+pub async fn serve<S>(shard: Rc<Shard>, stream: S, peer_addr: Option<SocketAddr>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let conn = ConnContext::new(NEXT_CONN_ID.with(|n| n.replace(n.get() + 1)), peer_addr);
+    let peer = conn.peer.map(|a| a.to_string()).unwrap_or_default();
     let mut order = Order::new();
-    let _ = stream.set_nodelay(true);
-    shard.metrics.add(crate::metrics::M::Connections, 1);
+    shard.metrics.add(M::Connections, 1);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<glommio::Task<Reply>>(MAX_INFLIGHT);
     let writer = glommio::spawn_local(async move {
@@ -94,6 +99,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 break;
             }
         };
+        conn.saw_client_id(req.header.client_id.as_deref());
         let (s, c, turn) = (shard.clone(), conn.clone(), order.next());
         let task = glommio::spawn_local(async move {
             let reply = api::handle(s, req, c, turn).await;
@@ -106,5 +112,5 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     drop(tx);
     let _ = writer.await;
-    shard.metrics.sub(crate::metrics::M::Connections, 1);
+    shard.metrics.sub(M::Connections, 1);
 }

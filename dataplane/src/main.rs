@@ -2,23 +2,44 @@
 //!
 //! One pinned glommio executor (shard) per core. Every shard accepts connections on the same
 //! port (SO_REUSEPORT), owns the partitions that hash to it, keeps one WAL buffer, one batch
-//! cache and one connection to the control plane. See `../shared/DESIGN.md` and [`shard`].
+//! cache and one connection to the control plane. See `../shared/DESIGN.md`.
 //!
 //! ```text
 //! sluice-dataplane --data-dir ./data --controlplane 127.0.0.1:9093 --listen 127.0.0.1:9092
 //! ```
+//!
+//! # Layout
+//! Each module imports only those below it in this list (none imports one that imports it back):
+//! - `main`: flags, one executor per core.
+//! - [`server`]: a shard's start, the Kafka accept loop, the `/metrics` endpoint.
+//! - [`conn`]: one connection: framing, bad input, replies in request order.
+//! - [`api`]: one file per Kafka API, and the dispatcher.
+//! - [`order`]: the order of one connection's requests ([`order::Turn`]).
+//! - [`context`]: what one connection's requests share (peer, client id, principal).
+//! - [`shard`]: ownership: the owner function, the mesh, the one call that runs work on the
+//!   owner shard.
+//! - [`meta`]: this shard's copy of topics and cluster metadata.
+//! - [`rpc_client`]: the connection to the control plane; it is the partitions' sequencer.
+//! - [`partition`]: the owner's state: `writer` (buffer, cut, put, commit in order, apply),
+//!   `reader` (cache, object loads), `producers` (idempotence), `marks` (watermarks, long poll).
+//! - [`store`]: the object store seam and its implementations; the object key format.
+//! - [`metrics`]: counters and histograms; [`config`]: flags; [`notify`]: a wake-all signal.
+//! - [`error`]: the one error type and its Kafka error codes.
 
 mod api;
-mod cache;
 mod config;
 mod conn;
+mod context;
+mod error;
+mod meta;
 mod metrics;
 mod notify;
 mod order;
+mod partition;
 mod rpc_client;
+mod server;
 mod shard;
 mod store;
-mod wal;
 
 use clap::Parser;
 use config::{Args, Config};
@@ -66,7 +87,7 @@ fn main() {
         .io_memory(io_memory)
         .on_all_shards(move || {
             let (cfg, mesh) = (cfg.clone(), mesh.clone());
-            async move { shard::run(cfg, mesh).await }
+            async move { server::run(cfg, mesh).await }
         });
     let handles = match pool {
         Ok(h) => h,

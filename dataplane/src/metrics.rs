@@ -1,14 +1,10 @@
-//! Counters of one shard, and the Prometheus `/metrics` endpoint (served by shard 0, which asks
-//! every other shard for its counters through the mesh).
+//! Counters and histograms of one shard, and their Prometheus text (the `/metrics` endpoint that
+//! serves it is in [`crate::server`]).
 //!
 //! Counters are plain `Cell`s on their shard: no atomics on the hot path.
 
-use crate::shard::{Shard, ShardMsg};
-use futures::channel::oneshot;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::cell::Cell;
 use std::fmt::Write;
-use std::rc::Rc;
 
 /// Every metric: name, Prometheus type, help.
 pub const METRICS: &[(&str, &str, &str)] = &[
@@ -141,60 +137,4 @@ pub fn render(shards: &[Vec<u64>]) -> String {
         let _ = writeln!(out, "{name}_sum {}\n{name}_count {cumulative}", sum(BUCKETS.len() + 1) as f64 / 1e6);
     }
     out
-}
-
-/// Serves `GET /metrics` on `addr` until the listener fails.
-pub async fn serve(shard: Rc<Shard>, addr: std::net::SocketAddr) {
-    let listener = match crate::shard::listen(addr, false) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot listen for metrics");
-            return;
-        }
-    };
-    tracing::info!(%addr, "metrics endpoint ready");
-    while let Ok(mut stream) = listener.accept().await {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let line = String::from_utf8_lossy(&req);
-            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
-                ("200 OK", render(&gather(&shard).await))
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.close().await;
-        })
-        .detach();
-    }
-}
-
-async fn gather(shard: &Rc<Shard>) -> Vec<Vec<u64>> {
-    let mut all = Vec::with_capacity(shard.cfg.cores);
-    for peer in 0..shard.cfg.cores {
-        if peer == shard.id {
-            all.push(shard.metrics.snapshot());
-            continue;
-        }
-        let (tx, rx) = oneshot::channel();
-        let got = match shard.mesh.send_to(peer, ShardMsg::Metrics(tx)).await {
-            Ok(()) => rx.await.unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        all.push(got);
-    }
-    all
 }

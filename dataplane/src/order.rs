@@ -19,9 +19,6 @@
 //! its turn on; [`Turn::pass`] (or dropping the turn) hands it to the next request.
 
 use futures::channel::oneshot;
-use std::cell::Cell;
-use std::rc::Rc;
-use std::time::Instant;
 
 /// One request's place in its connection's order.
 pub struct Turn {
@@ -85,29 +82,11 @@ impl Default for Order {
     }
 }
 
-/// What the requests of one connection share.
-pub struct ConnInfo {
-    /// Unique among this shard's connections: names the connection to the coordinator.
-    pub id: u64,
-    /// The client's IP address (group APIs report it as the member's host).
-    pub peer_ip: Rc<str>,
-    /// When the last forwarded request gives up waiting for its answer. A forwarded request
-    /// queues behind the earlier ones of its connection in the coordinator (a Heartbeat behind
-    /// a JoinGroup that waits for the whole group), so its own wait starts from there.
-    pub forward_deadline: Cell<Instant>,
-}
-
-impl ConnInfo {
-    /// A connection's shared state.
-    pub fn new(id: u64, peer_ip: Rc<str>) -> Rc<Self> {
-        Rc::new(ConnInfo { id, peer_ip, forward_deadline: Cell::new(Instant::now()) })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::RefCell;
+    use std::rc::Rc;
 
     /// Requests whose work takes longer the earlier they were read still take effect in the
     /// order read; a turn dropped unused passes on only after its predecessor.

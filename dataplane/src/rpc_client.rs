@@ -12,23 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::error::RpcError;
 use crate::notify::Notify;
-
-/// Why a call got no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RpcError {
-    /// No connection: the control plane refused it (nothing listens at its address) or refused
-    /// this data plane's registration.
-    #[error("control plane refused the connection")]
-    Refused,
-    /// The connection dropped before the answer came, or the control plane answered with
-    /// something else than the request calls for.
-    #[error("control plane connection lost")]
-    Unavailable,
-    /// No answer (or no connection) within the deadline.
-    #[error("no answer from the control plane in time")]
-    TimedOut,
-}
+use crate::partition::{SeqFuture, Sequencer};
+use sluice_rpc::{CommitWal, CommitWalReply, GetWatermarks, Lookup, LookupReply, Watermark};
 
 /// What the connection hands to its shard.
 pub enum Event {
@@ -274,5 +261,50 @@ impl RpcClient {
             self.resend.borrow_mut().remove(&env.request_id);
             let _ = tx.send(body);
         }
+    }
+}
+
+/// The control plane is the partitions' sequencer; commits of one session travel on one
+/// connection, in order.
+impl Sequencer for RpcClient {
+    fn session(&self) -> Option<u64> {
+        self.generation()
+    }
+
+    fn start_commit(&self, commit: CommitWal, session: u64, timeout: Duration) -> Option<SeqFuture<'_, CommitWalReply>> {
+        let (id, rx) = self.start_on(Body::CommitWal(commit), session)?;
+        Some(Box::pin(async move {
+            match self.finish(id, rx, timeout).await? {
+                Body::CommitWalReply(r) => Ok(r),
+                _ => Err(RpcError::Unavailable),
+            }
+        }))
+    }
+
+    fn commit(&self, commit: CommitWal, timeout: Duration) -> SeqFuture<'_, CommitWalReply> {
+        Box::pin(async move {
+            match self.call(Body::CommitWal(commit), timeout).await? {
+                Body::CommitWalReply(r) => Ok(r),
+                _ => Err(RpcError::Unavailable),
+            }
+        })
+    }
+
+    fn lookup(&self, req: Lookup, timeout: Duration) -> SeqFuture<'_, LookupReply> {
+        Box::pin(async move {
+            match self.call(Body::Lookup(req), timeout).await? {
+                Body::LookupReply(r) => Ok(r),
+                _ => Err(RpcError::Unavailable),
+            }
+        })
+    }
+
+    fn watermarks(&self, streams: Vec<u64>, timeout: Duration) -> SeqFuture<'_, Vec<Watermark>> {
+        Box::pin(async move {
+            match self.call(Body::GetWatermarks(GetWatermarks { streams }), timeout).await? {
+                Body::Watermarks(w) => Ok(w.streams),
+                _ => Err(RpcError::Unavailable),
+            }
+        })
     }
 }

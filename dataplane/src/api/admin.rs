@@ -2,7 +2,9 @@
 //! the request itself gets wrong, then carried out by the control plane.
 
 use super::sb;
-use crate::shard::{code, Shard, RPC_TIMEOUT};
+use crate::error::Error;
+use crate::shard::{Shard, RPC_TIMEOUT};
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest;
 use kafka_protocol::messages::create_partitions_response::{CreatePartitionsResponse, CreatePartitionsTopicResult};
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
@@ -29,7 +31,7 @@ async fn admin(shard: &Rc<Shard>, body: Body, count: usize) -> Vec<TopicResult> 
         }
         _ => (0..count)
             .map(|_| TopicResult {
-                error: i32::from(code::REQUEST_TIMED_OUT),
+                error: i32::from(Error::from(crate::error::RpcError::Unavailable).code()),
                 message: Some("control plane unavailable".into()),
                 ..Default::default()
             })
@@ -55,16 +57,22 @@ pub async fn create_topics(shard: &Rc<Shard>, req: CreateTopicsRequest, version:
             t.num_partitions
         };
         let error = if seen[&name] > 1 {
-            Some((code::INVALID_REQUEST, format!("Create topics request from client contains duplicate topic {name}.")))
+            Some((ResponseError::InvalidRequest.code(), format!("Create topics request from client contains duplicate topic {name}.")))
         } else if t.replication_factor == 0 || t.replication_factor < -1 {
-            Some((38, "Replication factor must be larger than 0, or -1 to use the default value.".to_string()))
+            Some((
+                ResponseError::InvalidReplicationFactor.code(),
+                "Replication factor must be larger than 0, or -1 to use the default value.".to_string(),
+            ))
         } else if partitions <= 0 {
-            Some((37, "Number of partitions must be larger than 0, or -1 to use the default value.".to_string()))
+            Some((
+                ResponseError::InvalidPartitions.code(),
+                "Number of partitions must be larger than 0, or -1 to use the default value.".to_string(),
+            ))
         } else {
             t.configs
                 .iter()
                 .find(|c| c.value.is_none())
-                .map(|c| (40, format!("Null value not supported for topic configs: {}", c.name.as_str())))
+                .map(|c| (ResponseError::InvalidConfig.code(), format!("Null value not supported for topic configs: {}", c.name.as_str())))
         };
         if let Some((e, m)) = error {
             r.error_code = e;

@@ -1,7 +1,7 @@
 //! ApiVersions: the APIs and version ranges this broker serves.
 
 use super::{all_supported, encode, Reply, Request};
-use crate::shard::code;
+use crate::error::Error;
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
 
 pub fn handle(req: &Request) -> Reply {
@@ -10,7 +10,7 @@ pub fn handle(req: &Request) -> Reply {
         .collect();
     let resp = ApiVersionsResponse::default().with_api_keys(api_keys);
     if req.unsupported_api_versions {
-        return encode(req, 0, &resp.with_error_code(code::UNSUPPORTED_VERSION));
+        return encode(req, 0, &resp.with_error_code(Error::UnsupportedVersion.code()));
     }
     encode(req, req.version, &resp)
 }

@@ -3,7 +3,8 @@
 
 use super::metadata::resolve;
 use super::sb;
-use crate::shard::{code, Shard};
+use crate::shard::Shard;
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult, DescribeConfigsSynonym,
@@ -37,15 +38,18 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeConfigsRequest, version: i16
         let entries = match r.resource_type {
             TOPIC => match resolve(shard, &name, false).await {
                 Ok(t) => Ok(topic_entries(shard, &t.configs)),
-                Err(e) => Err((e, format!("Topic {name} does not exist"))),
+                Err(e) => Err((e.code(), format!("Topic {name} does not exist"))),
             },
             BROKER if name.is_empty() || name == shard.cfg.node_id.to_string() => Ok(broker_entries(shard)),
-            BROKER => Err((code::INVALID_REQUEST, format!("Unexpected broker id, expected {} but received {name}", shard.cfg.node_id))),
+            BROKER => Err((
+                ResponseError::InvalidRequest.code(),
+                format!("Unexpected broker id, expected {} but received {name}", shard.cfg.node_id),
+            )),
             // Groups have no per-group overrides here (IncrementalAlterConfigs is not served):
             // every group, existing or not, has the defaults, as in Kafka.
             GROUP if !name.is_empty() => Ok(group_entries(shard)),
-            GROUP => Err((code::INVALID_REQUEST, "Group name must not be empty".to_string())),
-            other => Err((code::INVALID_REQUEST, format!("Unsupported resource type {other}"))),
+            GROUP => Err((ResponseError::InvalidRequest.code(), "Group name must not be empty".to_string())),
+            other => Err((ResponseError::InvalidRequest.code(), format!("Unsupported resource type {other}"))),
         };
         match entries {
             Ok(entries) => {

@@ -5,8 +5,9 @@
 //! watermark) concern followers, which Sluice does not have.
 
 use super::metadata::{resolve, resolve_id};
-use crate::cache::Piece;
-use crate::shard::{code, Marks, ReadReq, Shard};
+use crate::error::Error;
+use crate::partition::{Marks, Piece, ReadReq};
+use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
@@ -18,7 +19,7 @@ struct Want {
     topic: usize,
     partition: i32,
     /// The stream and its owner shard, or why there is none.
-    target: Result<(u64, usize), i16>,
+    target: Result<(u64, usize), Error>,
     offset: i64,
     max_bytes: usize,
 }
@@ -35,12 +36,11 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         let topic = if version >= 13 {
             resolve_id(shard, &t.topic_id).await
         } else {
-            resolve(shard, &t.topic.0, false).await.map_err(|_| code::UNKNOWN_TOPIC_OR_PARTITION)
+            resolve(shard, &t.topic.0, false).await.map_err(|_| Error::UnknownTopicOrPartition)
         };
         for p in &t.partitions {
-            let target = topic.as_ref().map_err(|e| *e).and_then(|topic| {
-                let stream =
-                    usize::try_from(p.partition).ok().and_then(|i| topic.streams.get(i)).ok_or(code::UNKNOWN_TOPIC_OR_PARTITION)?;
+            let target = topic.as_ref().map_err(Error::clone).and_then(|topic| {
+                let stream = usize::try_from(p.partition).ok().and_then(|i| topic.streams.get(i)).ok_or(Error::UnknownTopicOrPartition)?;
                 Ok((*stream, shard.owner(&topic.topic_id, p.partition)))
             });
             wants.push(Want {
@@ -53,25 +53,18 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
         }
     }
     let results = loop {
-        // Register for wake-ups before reading, so a commit landing during the reads is not missed.
-        let wake = shard.marks_changed.notified();
         let results = read_all(shard, &wants, max_bytes).await;
         let total: usize = results.iter().map(|r| r.1.len()).sum();
-        let errored = results.iter().any(|r| r.0 != code::NONE);
+        let errored = results.iter().any(|r| r.0 != 0);
         let now = Instant::now();
         if total >= min_bytes || errored || now >= deadline {
             break results;
         }
-        // Data may have arrived between the reads and now: check this shard's view first.
-        let advanced = wants
-            .iter()
-            .zip(&results)
-            .any(|(w, r)| w.target.ok().and_then(|(s, _)| shard.marks(s)).is_some_and(|m| m.hwm > r.2.hwm.max(w.offset)));
-        if advanced {
-            continue;
-        }
-        let left = deadline - now;
-        if glommio::timer::timeout(left, async { Ok(wake.await) }).await.is_err() {
+        // Long poll: until a partition read moves past what this read saw (including moves
+        // between the read and now), or the deadline.
+        let seen: Vec<(u64, i64)> =
+            wants.iter().zip(&results).filter_map(|(w, r)| w.target.as_ref().ok().map(|(s, _)| (*s, r.2.hwm.max(w.offset)))).collect();
+        if !shard.parts.marks.wait_past(&seen, glommio::timer::sleep(deadline - now)).await {
             // Timed out: one last read so the answer carries current watermarks.
             break read_all(shard, &wants, max_bytes).await;
         }
@@ -80,7 +73,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     let mut topics: Vec<FetchableTopicResponse> =
         names.into_iter().map(|(name, id)| FetchableTopicResponse::default().with_topic(name).with_topic_id(id)).collect();
     for (w, (error, records, marks)) in wants.iter().zip(results) {
-        let unknown = matches!(error, code::UNKNOWN_TOPIC_OR_PARTITION | code::UNKNOWN_TOPIC_ID);
+        let unknown = [Error::UnknownTopicOrPartition.code(), Error::UnknownTopicId.code()].contains(&error);
         let data = PartitionData::default()
             .with_partition_index(w.partition)
             .with_error_code(error)
@@ -100,15 +93,15 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
 async fn read_all(shard: &Rc<Shard>, wants: &[Want], max_bytes: usize) -> Vec<(i16, Bytes, Marks)> {
     let reads = futures::future::join_all(wants.iter().map(|w| {
         let s = shard.clone();
-        let target = w.target;
+        let target = w.target.clone();
         let (offset, max) = (w.offset, w.max_bytes);
         async move {
             let (stream, owner) = match target {
                 Ok(t) => t,
-                Err(e) => return (e, Vec::new(), Marks::default()),
+                Err(e) => return (e.code(), Vec::new(), Marks::default()),
             };
             let r = s.read(owner, ReadReq { stream, offset, max_bytes: max.max(1) }).await;
-            (r.error, r.batches, r.marks)
+            (r.error.as_ref().map_or(0, Error::code), r.batches, r.marks)
         }
     }))
     .await;

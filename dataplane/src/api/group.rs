@@ -5,7 +5,8 @@
 //! the client gets COORDINATOR_NOT_AVAILABLE and looks the coordinator up again, as with Kafka.
 
 use super::{frame_body, sb, Reply, Request};
-use crate::order::{ConnInfo, Turn};
+use crate::context::ConnContext;
+use crate::order::Turn;
 use crate::shard::{Shard, RPC_TIMEOUT};
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
@@ -65,7 +66,7 @@ pub async fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, ve
 /// Sends a group request to the coordinator when its turn comes and frames its answer. The
 /// turn passes on once the request has its place in the control plane connection's order; the
 /// coordinator then runs the connection's requests in that order.
-pub async fn forward(shard: &Rc<Shard>, req: &Request, conn: &ConnInfo, mut turn: Turn) -> Reply {
+pub async fn forward(shard: &Rc<Shard>, req: &Request, conn: &ConnContext, mut turn: Turn) -> Reply {
     turn.wait().await;
     let timeout = if matches!(req.api, ApiKey::JoinGroup | ApiKey::SyncGroup) { LONG_CALL } else { RPC_TIMEOUT };
     // Queued behind the connection's earlier requests, its wait starts when theirs ends.

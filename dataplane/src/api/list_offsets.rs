@@ -6,7 +6,8 @@
 //! broker without tiered storage).
 
 use super::metadata::resolve;
-use crate::shard::{code, Shard, RPC_TIMEOUT};
+use crate::error::{Error, RpcError};
+use crate::shard::{Shard, RPC_TIMEOUT};
 use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse};
 use sluice_rpc::{body::Body, GetWatermarks, IndexEntry, OffsetForTime, Watermark};
@@ -58,22 +59,22 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
         for (p, stream) in t.partitions.iter().zip(streams) {
             let mut r = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_timestamp(-1).with_offset(-1);
             let Some(stream) = stream else {
-                parts.push(r.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION));
+                parts.push(r.with_error_code(Error::UnknownTopicOrPartition.code()));
                 continue;
             };
             let Some(m) = marks.as_ref().map(|m| m.get(&stream).cloned()) else {
-                parts.push(r.with_error_code(code::REQUEST_TIMED_OUT));
+                parts.push(r.with_error_code(Error::from(RpcError::Unavailable).code()));
                 continue;
             };
             let Some(m) = m else {
-                parts.push(r.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION));
+                parts.push(r.with_error_code(Error::UnknownTopicOrPartition.code()));
                 continue;
             };
             if version >= 4 {
                 r.leader_epoch = 0;
             }
             if min_version(p.timestamp).is_none_or(|min| version < min) {
-                parts.push(r.with_error_code(code::UNSUPPORTED_VERSION));
+                parts.push(r.with_error_code(Error::UnsupportedVersion.code()));
                 continue;
             }
             match p.timestamp {
@@ -86,7 +87,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
                         r.timestamp = timestamp;
                     }
                     Ok(None) => {}
-                    Err(e) => r.error_code = e,
+                    Err(e) => r.error_code = e.code(),
                 },
             }
             parts.push(r);
@@ -100,22 +101,22 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
 /// [`MAX_TIMESTAMP`], the first record with the largest timestamp. Records of uncompressed
 /// batches are scanned in place; compressed batches are decompressed (only here: produce and
 /// fetch never decompress).
-async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64)>, i16> {
+async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64)>, Error> {
     let entry: IndexEntry = match shard.rpc.call(Body::OffsetForTime(OffsetForTime { stream_id: stream, timestamp: ts }), RPC_TIMEOUT).await
     {
         Ok(Body::OffsetForTimeReply(r)) if r.error == 0 => match r.entry {
             Some(e) => e,
             None => return Ok(None),
         },
-        Ok(Body::OffsetForTimeReply(r)) => return Err(r.error as i16),
-        _ => return Err(code::REQUEST_TIMED_OUT),
+        Ok(Body::OffsetForTimeReply(r)) => return Err(Error::remote(r.error).unwrap_or(Error::Internal("no index entry"))),
+        Ok(_) => return Err(RpcError::Unavailable.into()),
+        Err(e) => return Err(e.into()),
     };
     // The chunk holding the largest timestamp is the first to reach it, and no record before
     // it in the chunk does: the first record at or after it is the one.
     let ts = if ts == MAX_TIMESTAMP { entry.max_timestamp } else { ts };
-    let data =
-        shard.store.get_range(&entry.object_key, entry.position, entry.length as usize).await.map_err(|_| code::KAFKA_STORAGE_ERROR)?;
-    let batches = wal_format::batch::split(&data).map_err(|_| code::KAFKA_STORAGE_ERROR)?;
+    let data = shard.store.get_range(&entry.object_key, entry.position, entry.length as usize).await?;
+    let batches = wal_format::batch::split(&data).map_err(|e| Error::CorruptObject(format!("{}: {e}", entry.object_key)))?;
     let mut base = entry.base_offset;
     for (pos, h) in batches {
         if h.max_timestamp >= ts {

@@ -2,7 +2,10 @@
 //! `auto.create.topics.enable` is on and the client allows it.
 
 use super::sb;
-use crate::shard::{code, Shard, TopicMeta, RPC_TIMEOUT};
+use crate::error::Error;
+use crate::meta::TopicMeta;
+use crate::shard::{Shard, RPC_TIMEOUT};
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_request::MetadataRequest;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -49,7 +52,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                 let Some(name) = name else {
                     out.push(
                         MetadataResponseTopic::default()
-                            .with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION)
+                            .with_error_code(Error::UnknownTopicOrPartition.code())
                             .with_topic_authorized_operations(acl::NOT_REQUESTED),
                     );
                     continue;
@@ -58,7 +61,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                     Ok(t) => describe(&t, node, version, topic_ops),
                     Err(e) => MetadataResponseTopic::default()
                         .with_name(Some(TopicName(sb(&name))))
-                        .with_error_code(e)
+                        .with_error_code(e.code())
                         .with_topic_authorized_operations(acl::NOT_REQUESTED),
                 });
             }
@@ -81,12 +84,12 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
 
 /// Finds a topic: in the shard's cache, else at the control plane (the cache may lag), else by
 /// creating it when allowed.
-pub async fn resolve(shard: &Rc<Shard>, name: &str, allow_create: bool) -> Result<Rc<TopicMeta>, i16> {
+pub async fn resolve(shard: &Rc<Shard>, name: &str, allow_create: bool) -> Result<Rc<TopicMeta>, Error> {
     if let Some(t) = shard.topic(name) {
         return Ok(t);
     }
     if sluice_rpc::configs::validate_topic_name(name).is_err() {
-        return Err(code::INVALID_TOPIC_EXCEPTION);
+        return Err(Error::InvalidTopic);
     }
     match shard.rpc.call(Body::GetTopics(sluice_rpc::GetTopics { names: vec![name.to_string()] }), RPC_TIMEOUT).await {
         Ok(Body::Topics(t)) => {
@@ -94,13 +97,13 @@ pub async fn resolve(shard: &Rc<Shard>, name: &str, allow_create: bool) -> Resul
                 shard.learn_topic(t);
             }
         }
-        _ => return Err(code::LEADER_NOT_AVAILABLE),
+        _ => return Err(Error::TopicNotAvailable),
     }
     if let Some(t) = shard.topic(name) {
         return Ok(t);
     }
     if !allow_create {
-        return Err(code::UNKNOWN_TOPIC_OR_PARTITION);
+        return Err(Error::UnknownTopicOrPartition);
     }
     let create = sluice_rpc::CreateTopics {
         topics: vec![NewTopic { name: name.to_string(), partitions: shard.cfg.num_partitions, configs: Default::default() }],
@@ -111,37 +114,37 @@ pub async fn resolve(shard: &Rc<Shard>, name: &str, allow_create: bool) -> Resul
             for res in r.results {
                 if let Some(t) = res.topic {
                     shard.learn_topic(t);
-                } else if res.error == 36 {
+                } else if Error::remote(res.error).is_some_and(|e| e.response() == ResponseError::TopicAlreadyExists) {
                     // Created meanwhile by someone else: fetch it.
                     return Box::pin(resolve(shard, name, false)).await;
                 } else {
-                    return Err(res.error as i16);
+                    return Err(Error::remote(res.error).unwrap_or(Error::TopicNotAvailable));
                 }
             }
-            shard.topic(name).ok_or(code::LEADER_NOT_AVAILABLE)
+            shard.topic(name).ok_or(Error::TopicNotAvailable)
         }
-        _ => Err(code::LEADER_NOT_AVAILABLE),
+        _ => Err(Error::TopicNotAvailable),
     }
 }
 
 /// Finds a topic by id (Fetch and Produce v13+): in the shard's cache, else in the control
 /// plane's topic list (a topic created through another data plane may not have reached this
 /// shard yet).
-pub async fn resolve_id(shard: &Rc<Shard>, id: &uuid::Uuid) -> Result<Rc<TopicMeta>, i16> {
+pub async fn resolve_id(shard: &Rc<Shard>, id: &uuid::Uuid) -> Result<Rc<TopicMeta>, Error> {
     if let Some(t) = shard.topic_by_id(id) {
         return Ok(t);
     }
     if id.is_nil() {
-        return Err(code::UNKNOWN_TOPIC_ID);
+        return Err(Error::UnknownTopicId);
     }
     match shard.rpc.call(Body::GetTopics(sluice_rpc::GetTopics { names: Vec::new() }), RPC_TIMEOUT).await {
         Ok(Body::Topics(t)) => {
             for t in t.topics.into_iter().filter(|t| t.topic_id == id.as_bytes()) {
                 shard.learn_topic(t);
             }
-            shard.topic_by_id(id).ok_or(code::UNKNOWN_TOPIC_ID)
+            shard.topic_by_id(id).ok_or(Error::UnknownTopicId)
         }
-        _ => Err(code::LEADER_NOT_AVAILABLE),
+        _ => Err(Error::TopicNotAvailable),
     }
 }
 

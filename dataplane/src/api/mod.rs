@@ -15,7 +15,8 @@ mod list_offsets;
 mod metadata;
 mod produce;
 
-use crate::order::{ConnInfo, Turn};
+use crate::context::ConnContext;
+use crate::order::Turn;
 use crate::shard::Shard;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
@@ -162,7 +163,7 @@ fn decode<T: Decodable>(req: &mut Request) -> Option<T> {
 /// Runs one request of a connection when its turn comes (see [`crate::order`]): Produce and the
 /// forwarded group APIs pass the turn on once their effect is ordered, every other request when
 /// it is done.
-pub async fn handle(shard: Rc<Shard>, mut req: Request, conn: Rc<ConnInfo>, mut turn: Turn) -> Reply {
+pub async fn handle(shard: Rc<Shard>, mut req: Request, conn: Rc<ConnContext>, mut turn: Turn) -> Reply {
     let v = req.version;
     if req.api == ApiKey::Produce {
         shard.metrics.add(crate::metrics::M::ProduceRequests, 1);

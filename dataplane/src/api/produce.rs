@@ -3,8 +3,10 @@
 //! batches are durable and committed. acks=0 gets no response, as in Kafka.
 
 use super::metadata::{resolve, resolve_id};
+use crate::error::Error;
 use crate::order::Turn;
-use crate::shard::{code, AppendReq, Shard};
+use crate::partition::AppendReq;
+use crate::shard::Shard;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::Either;
@@ -14,13 +16,13 @@ use std::rc::Rc;
 use wal_format::batch;
 
 /// Checks a partition's records and describes them for the owner, or gives the Kafka error.
-pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<AppendReq, i16> {
+pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<AppendReq, Error> {
     if data.is_empty() {
-        return Err(code::CORRUPT_MESSAGE);
+        return Err(Error::CorruptBatch);
     }
     let headers = batch::split(&data).map_err(|e| match e {
-        wal_format::Error::Unsupported { .. } => code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
-        _ => code::CORRUPT_MESSAGE,
+        wal_format::Error::Unsupported { .. } => Error::UnsupportedRecordFormat,
+        _ => Error::CorruptBatch,
     })?;
     let mut batches = Vec::with_capacity(headers.len());
     let mut offset_count = 0i64;
@@ -31,14 +33,14 @@ pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<Ap
     };
     for (pos, h) in headers {
         if h.size() > max_message_bytes {
-            return Err(code::MESSAGE_TOO_LARGE);
+            return Err(Error::BatchTooLarge);
         }
         // `split` already read and bounded the header: only the CRC is left to check.
         if batch::compute_crc(&data[pos..pos + h.size()]) != Ok(h.crc) {
-            return Err(code::CORRUPT_MESSAGE);
+            return Err(Error::CorruptBatch);
         }
         if h.is_control() || h.is_transactional() || h.compression().is_none() || h.record_count <= 0 {
-            return Err(code::INVALID_RECORD);
+            return Err(Error::InvalidRecord);
         }
         batches.push((pos as u32, h.offset_count()));
         offset_count += h.offset_count();
@@ -69,9 +71,9 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16, mut tu
     for t in req.topic_data {
         // From v13 topics are named by id (and the answer carries the id, not the name).
         let topic = match (acks_valid, version >= 13) {
-            (false, _) => Err(code::INVALID_REQUIRED_ACKS),
+            (false, _) => Err(Error::InvalidRequiredAcks),
             (true, true) => resolve_id(shard, &t.topic_id).await,
-            (true, false) => resolve(shard, &t.name.0, false).await.map_err(|_| code::UNKNOWN_TOPIC_OR_PARTITION),
+            (true, false) => resolve(shard, &t.name.0, false).await.map_err(|_| Error::UnknownTopicOrPartition),
         };
         let name = topic.as_ref().map(|t| t.name.clone()).unwrap_or_else(|_| t.name.0.to_string());
         let mut parts = Vec::with_capacity(t.partition_data.len());
@@ -80,12 +82,12 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16, mut tu
             let topic = match topic.as_ref() {
                 Ok(topic) => topic,
                 Err(e) => {
-                    parts.push(partition(p.index, *e));
+                    parts.push(partition(p.index, e.code()));
                     continue;
                 }
             };
-            let Some(stream) = usize::try_from(p.index).ok().and_then(|i| topic.streams.get(i)).copied() else {
-                parts.push(partition(p.index, code::UNKNOWN_TOPIC_OR_PARTITION));
+            let Some(stream) = usize::try_from(p.index).ok().and_then(|i| topic.streams.get(i).copied()) else {
+                parts.push(partition(p.index, Error::UnknownTopicOrPartition.code()));
                 continue;
             };
             let max = topic
@@ -96,11 +98,11 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16, mut tu
             match validate(stream, p.records.unwrap_or_default(), max) {
                 Ok(a) => {
                     appends.push((slot, shard.owner(&topic.topic_id, p.index), a));
-                    parts.push(partition(p.index, code::NONE));
+                    parts.push(partition(p.index, 0));
                 }
                 Err(e) => {
-                    tracing::debug!(topic = %name, partition = p.index, error = e, "produce rejected");
-                    parts.push(partition(p.index, e));
+                    tracing::debug!(topic = %name, partition = p.index, error = %e, "produce rejected");
+                    parts.push(partition(p.index, e.code()));
                 }
             }
         }
@@ -139,7 +141,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16, mut tu
                     slot.log_start_offset = log_start;
                 }
             }
-            Err(e) => slot.error_code = e,
+            Err(e) => slot.error_code = e.code(),
         }
     }
     shard.metrics.observe(crate::metrics::H::ProduceRequest, started.elapsed());

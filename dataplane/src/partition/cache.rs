@@ -94,6 +94,12 @@ impl BatchCache {
         (e.last_offset >= offset).then(|| (*base, e.last_offset, e.data.clone()))
     }
 
+    /// Bytes held.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Forgets a stream (its topic was deleted).
     pub fn remove_stream(&mut self, stream: u64) {
         if let Some(m) = self.streams.remove(&stream) {

@@ -1,0 +1,67 @@
+//! This shard's copy of the cluster's metadata (cluster id, topics, group defaults), kept
+//! current by the control plane's notifications. Watermarks live with the partitions
+//! ([`crate::partition::Watermarks`]).
+
+use sluice_rpc::Topic;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A topic as a shard knows it.
+#[derive(Debug)]
+pub struct TopicMeta {
+    pub name: String,
+    pub topic_id: uuid::Uuid,
+    pub streams: Vec<u64>,
+    pub configs: HashMap<String, String>,
+}
+
+impl TopicMeta {
+    fn from_rpc(t: Topic) -> Self {
+        let topic_id = uuid::Uuid::from_slice(&t.topic_id).unwrap_or_default();
+        TopicMeta { name: t.name, topic_id, streams: t.streams, configs: t.configs }
+    }
+
+    /// A config set on the topic, if any.
+    pub fn config(&self, name: &str) -> Option<&str> {
+        self.configs.get(name).map(String::as_str)
+    }
+}
+
+/// Topics by name and by id, and what registration told this shard.
+#[derive(Default)]
+pub struct MetaCache {
+    pub cluster_id: String,
+    /// The coordinator's group config defaults (DescribeConfigs of a GROUP resource).
+    pub group_defaults: HashMap<String, String>,
+    pub topics: HashMap<String, Rc<TopicMeta>>,
+    /// The same topics by id (Fetch and Produce name topics by id from v13).
+    pub topic_ids: HashMap<uuid::Uuid, Rc<TopicMeta>>,
+}
+
+impl MetaCache {
+    /// Adds or replaces a topic; returns it.
+    pub fn put_topic(&mut self, t: Topic) -> Rc<TopicMeta> {
+        let t = Rc::new(TopicMeta::from_rpc(t));
+        self.topic_ids.insert(t.topic_id, t.clone());
+        if let Some(old) = self.topics.insert(t.name.clone(), t.clone()) {
+            if old.topic_id != t.topic_id {
+                self.topic_ids.remove(&old.topic_id);
+            }
+        }
+        t
+    }
+
+    /// Keeps only the topics named.
+    pub fn retain(&mut self, names: &[String]) {
+        self.topics.retain(|n, _| names.contains(n));
+        let ids: Vec<uuid::Uuid> = self.topics.values().map(|t| t.topic_id).collect();
+        self.topic_ids.retain(|id, _| ids.contains(id));
+    }
+
+    /// Forgets a topic.
+    pub fn remove_topic(&mut self, name: &str) {
+        if let Some(t) = self.topics.remove(name) {
+            self.topic_ids.remove(&t.topic_id);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! A shard's start and its listeners: building the shard's state, connecting it to the control
+//! plane, the Kafka accept loop (every shard accepts on the same port, SO_REUSEPORT) and, on
+//! shard 0, the `/metrics` endpoint, which gathers every shard's counters through the mesh.
+
+use crate::config::Config;
+use crate::metrics::ShardMetrics;
+use crate::partition::{Partitions, Settings, SystemClock};
+use crate::rpc_client::RpcClient;
+use crate::shard::{Shard, ShardMsg, RPC_TIMEOUT};
+use crate::store::LocalObjectStore;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::channels::local_channel;
+use sluice_rpc::Register;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Runs one shard until its listener fails.
+pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), String> {
+    let (senders, mut receivers) = mesh.join().await.map_err(|_| "channel mesh failed".to_string())?;
+    let id = senders.peer_id();
+    let rpc = RpcClient::new(cfg.controlplane.clone());
+    let store = {
+        let local = LocalObjectStore::new(&cfg.data_dir);
+        local.probe_device().await;
+        Rc::new(local)
+    };
+    let metrics = Rc::new(ShardMetrics::default());
+    let settings = Settings {
+        flush_bytes: cfg.wal_flush_bytes,
+        max_inflight_bytes: cfg.wal_max_inflight_bytes,
+        cache_bytes: cfg.cache_bytes / cfg.cores,
+        rpc_timeout: RPC_TIMEOUT,
+    };
+    let clock = Rc::new(SystemClock { interval: cfg.wal_flush_interval });
+    let parts = Partitions::new(settings, store.clone(), rpc.clone(), clock, metrics.clone());
+    let shard = Rc::new(Shard { id, mesh: senders, rpc: rpc.clone(), meta: RefCell::default(), parts, store, metrics, cfg });
+    let (ev_tx, ev_rx) = local_channel::new_bounded(1024);
+    let register = Register {
+        protocol_version: sluice_rpc::PROTOCOL_VERSION,
+        node_id: shard.cfg.node_id,
+        zone: shard.cfg.zone.clone(),
+        host: shard.cfg.advertised_host.clone(),
+        port: i32::from(shard.cfg.listen.port()),
+        shard: id as u32,
+        cores: shard.cfg.cores as u32,
+    };
+    glommio::spawn_local(rpc.run(register, Rc::new(ev_tx))).detach();
+    let s = shard.clone();
+    glommio::spawn_local(async move {
+        while let Some(ev) = ev_rx.recv().await {
+            s.on_event(ev);
+        }
+    })
+    .detach();
+    for (_, rx) in receivers.streams() {
+        let s = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(ShardMsg::Run(job)) = rx.recv().await {
+                glommio::spawn_local(job(s.clone())).detach();
+            }
+        })
+        .detach();
+    }
+    // Serve clients only once this shard has registered and holds the cluster's metadata:
+    // answering earlier would show clients an empty cluster (no topics, no cluster id).
+    while shard.meta.borrow().cluster_id.is_empty() {
+        let changed = shard.parts.marks.changed();
+        if !shard.meta.borrow().cluster_id.is_empty() {
+            break;
+        }
+        let _ = changed.await;
+    }
+    let listener = listen(shard.cfg.listen, true).map_err(|e| format!("cannot listen on {}: {e}", shard.cfg.listen))?;
+    if id == 0 {
+        tracing::info!(listen = %shard.cfg.listen, "Kafka listener ready");
+        if let Some(addr) = shard.cfg.metrics_listen {
+            glommio::spawn_local(serve_metrics(shard.clone(), addr)).detach();
+        }
+    }
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let peer = stream.peer_addr().ok();
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(crate::conn::serve(shard.clone(), stream, peer)).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// A listener with SO_REUSEADDR (which glommio's own `bind` does not set), so a restart is not
+/// refused while connections of the previous process linger in FIN_WAIT/TIME_WAIT; with
+/// `reuse_port`, SO_REUSEPORT too, so every shard accepts on the same port.
+#[allow(unsafe_code)]
+pub fn listen(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(reuse_port)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    // SAFETY: the descriptor is a freshly created, bound and listening TCP socket whose
+    // ownership moves to the glommio listener (into_raw_fd gives it up).
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sock.into_raw_fd()) })
+}
+
+/// Serves `GET /metrics` on `addr` until the listener fails.
+async fn serve_metrics(shard: Rc<Shard>, addr: std::net::SocketAddr) {
+    let listener = match listen(addr, false) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot listen for metrics");
+            return;
+        }
+    };
+    tracing::info!(%addr, "metrics endpoint ready");
+    while let Ok(mut stream) = listener.accept().await {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&req);
+            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
+                ("200 OK", crate::metrics::render(&gather(&shard).await))
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.close().await;
+        })
+        .detach();
+    }
+}
+
+/// Every shard's counters, in shard order (empty for a shard that did not answer).
+async fn gather(shard: &Rc<Shard>) -> Vec<Vec<u64>> {
+    let mut all = Vec::with_capacity(shard.cfg.cores);
+    for peer in 0..shard.cfg.cores {
+        all.push(shard.on_owner(peer, |s| async move { s.metrics.snapshot() }).await.unwrap_or_default());
+    }
+    all
+}
