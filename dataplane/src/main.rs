@@ -23,6 +23,7 @@
 //! - [`partition`]: the owner's state: `writer` (buffer, cut, put, commit in order, apply),
 //!   `reader` (cache, object loads), `producers` (idempotence), `marks` (watermarks, long poll).
 //! - [`store`]: the object store seam and its implementations; the object key format.
+//! - [`http`]: hyper's HTTP/1.1 over glommio streams.
 //! - [`metrics`]: counters and histograms; [`config`]: flags; [`notify`]: a wake-all signal.
 //! - [`error`]: the one error type and its Kafka error codes.
 
@@ -31,6 +32,7 @@ mod config;
 mod conn;
 mod context;
 mod error;
+mod http;
 mod meta;
 mod metrics;
 mod notify;

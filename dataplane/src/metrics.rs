@@ -1,10 +1,13 @@
-//! Counters and histograms of one shard, and their Prometheus text (the `/metrics` endpoint that
-//! serves it is in [`crate::server`]).
+//! Counters and histograms of one shard, and their exposition by prometheus-client (the
+//! `/metrics` endpoint that serves it is in [`crate::server`]).
 //!
 //! Counters are plain `Cell`s on their shard: no atomics on the hot path.
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::cell::Cell;
-use std::fmt::Write;
 
 /// Every metric: name, Prometheus type, help.
 pub const METRICS: &[(&str, &str, &str)] = &[
@@ -115,26 +118,79 @@ impl ShardMetrics {
     }
 }
 
-/// Renders snapshots of all shards in the Prometheus text format.
-pub fn render(shards: &[Vec<u64>]) -> String {
+/// Every shard's values at one scrape, exposed through prometheus-client: counters and gauges
+/// per shard (label `shard`), histograms summed over the shards.
+#[derive(Debug)]
+struct Snapshots(Vec<Vec<u64>>);
+
+impl Collector for Snapshots {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (i, (name, kind, help)) in METRICS.iter().enumerate() {
+            // prometheus-client adds the `_total` suffix of a counter itself.
+            let (name, kind) = match *kind {
+                "counter" => (name.trim_end_matches("_total"), MetricType::Counter),
+                _ => (*name, MetricType::Gauge),
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (shard, values) in self.0.iter().enumerate() {
+                let labels = [("shard", shard.to_string())];
+                let mut m = family.encode_family(&labels)?;
+                let v = values.get(i).copied().unwrap_or(0);
+                match kind {
+                    MetricType::Counter => m.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+                    _ => m.encode_gauge(&v)?,
+                }
+            }
+        }
+        for (j, (name, help)) in HISTOGRAMS.iter().enumerate() {
+            let at = METRICS.len() + j * HIST_VALUES;
+            let sum = |k: usize| self.0.iter().map(|v| v.get(at + k).copied().unwrap_or(0)).sum::<u64>();
+            let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().chain([f64::INFINITY]).enumerate().map(|(k, le)| (le, sum(k))).collect();
+            let count = buckets.iter().map(|b| b.1).sum();
+            let secs = sum(BUCKETS.len() + 1) as f64 / 1e6;
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Histogram)?
+                .encode_histogram::<NoLabelSet>(secs, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renders snapshots of all shards (in shard order) in the OpenMetrics text format.
+pub fn render(shards: Vec<Vec<u64>>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshots(shards)));
     let mut out = String::new();
-    for (i, (name, kind, help)) in METRICS.iter().enumerate() {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (shard, values) in shards.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", values.get(i).copied().unwrap_or(0));
-        }
-    }
-    // Histograms are summed over the shards.
-    for (j, (name, help)) in HISTOGRAMS.iter().enumerate() {
-        let at = METRICS.len() + j * HIST_VALUES;
-        let sum = |k: usize| shards.iter().map(|v| v.get(at + k).copied().unwrap_or(0)).sum::<u64>();
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (k, le) in BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
-            cumulative += sum(k);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_sum {}\n{name}_count {cumulative}", sum(BUCKETS.len() + 1) as f64 / 1e6);
-    }
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
+}
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_per_shard_and_histograms_summed() {
+        let (a, b) = (ShardMetrics::default(), ShardMetrics::default());
+        a.add(M::ProduceRecords, 5);
+        b.add(M::ProduceRecords, 7);
+        a.observe(H::Put, std::time::Duration::from_micros(900));
+        b.observe(H::Put, std::time::Duration::from_millis(3));
+        b.observe(H::Put, std::time::Duration::from_secs(5));
+        let text = render(vec![a.snapshot(), b.snapshot()]);
+        assert!(text.contains("# TYPE sluice_produce_records counter"), "{text}");
+        assert!(text.contains("sluice_produce_records_total{shard=\"0\"} 5\n"), "{text}");
+        assert!(text.contains("sluice_produce_records_total{shard=\"1\"} 7\n"), "{text}");
+        assert!(text.contains("sluice_connections{shard=\"1\"} 0\n"), "{text}");
+        assert!(text.contains("sluice_wal_put_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
+        assert!(text.contains("sluice_wal_put_seconds_bucket{le=\"0.003\"} 2\n"), "{text}");
+        assert!(text.contains("sluice_wal_put_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains("sluice_wal_put_seconds_count 3\n"), "{text}");
+        assert!(text.contains("sluice_wal_put_seconds_sum 5.0039\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
 }

@@ -8,7 +8,7 @@ use crate::partition::{Partitions, Settings, SystemClock};
 use crate::rpc_client::RpcClient;
 use crate::shard::{Shard, ShardMsg, RPC_TIMEOUT};
 use crate::store::LocalObjectStore;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::channels::local_channel;
 use sluice_rpc::Register;
@@ -111,7 +111,7 @@ pub fn listen(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<g
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sock.into_raw_fd()) })
 }
 
-/// Serves `GET /metrics` on `addr` until the listener fails.
+/// Serves `GET /metrics` on `addr` (HTTP/1.1 by hyper) until the listener fails.
 async fn serve_metrics(shard: Rc<Shard>, addr: std::net::SocketAddr) {
     let listener = match listen(addr, false) {
         Ok(l) => l,
@@ -121,30 +121,27 @@ async fn serve_metrics(shard: Rc<Shard>, addr: std::net::SocketAddr) {
         }
     };
     tracing::info!(%addr, "metrics endpoint ready");
-    while let Ok(mut stream) = listener.accept().await {
+    while let Ok(stream) = listener.accept().await {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let shard = shard.clone();
+            async move {
+                let resp = hyper::Response::builder();
+                let resp = if req.method() == hyper::Method::GET && matches!(req.uri().path(), "/metrics" | "/") {
+                    let text = crate::metrics::render(gather(&shard).await);
+                    resp.header(hyper::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                        .body(http_body_util::Full::new(Bytes::from(text)))
+                } else {
+                    resp.status(hyper::StatusCode::NOT_FOUND).body(http_body_util::Full::new(Bytes::from_static(b"try /metrics\n")))
+                };
+                resp
             }
-            let line = String::from_utf8_lossy(&req);
-            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
-                ("200 OK", crate::metrics::render(&gather(&shard).await))
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.close().await;
+        });
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(crate::http::Io(stream), service);
+        glommio::spawn_local(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection failed");
+            }
         })
         .detach();
     }
