@@ -9,6 +9,7 @@
 
 use crate::meta::{keys, Cond, Fenced, MetaError, MetaStore, Op};
 use bytes::Bytes;
+use kafka_protocol::error::ResponseError as E;
 use prost::Message;
 use sluice_rpc::configs::{validate_topic_config, validate_topic_name};
 use sluice_rpc::{
@@ -18,19 +19,6 @@ use sluice_rpc::{
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot};
-
-/// Kafka error codes the controller answers with.
-pub mod code {
-    pub const NONE: i32 = 0;
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i32 = 3;
-    pub const NOT_CONTROLLER: i32 = 41;
-    pub const KAFKA_STORAGE_ERROR: i32 = 56;
-    pub const INVALID_TOPIC_EXCEPTION: i32 = 17;
-    pub const TOPIC_ALREADY_EXISTS: i32 = 36;
-    pub const INVALID_PARTITIONS: i32 = 37;
-    pub const INVALID_REQUEST: i32 = 42;
-    pub const INVALID_CONFIG: i32 = 40;
-}
 
 /// Most partitions one topic may have (a guard against requests that would allocate millions).
 pub const MAX_PARTITIONS: i32 = 100_000;
@@ -410,7 +398,7 @@ async fn apply_commits<M: MetaStore>(
             let mut results = Vec::with_capacity(req.chunks.len());
             for c in &req.chunks {
                 let Some(cur) = next.get(&c.stream_id).or_else(|| streams.get(&c.stream_id)).copied() else {
-                    results.push(ChunkResult { error: code::UNKNOWN_TOPIC_OR_PARTITION, ..Default::default() });
+                    results.push(ChunkResult { error: i32::from(E::UnknownTopicOrPartition.code()), ..Default::default() });
                     continue;
                 };
                 let base = cur.hwm;
@@ -427,7 +415,7 @@ async fn apply_commits<M: MetaStore>(
                 };
                 ops.push(Op::Put(keys::index(c.stream_id, end), Bytes::from(entry.encode_to_vec())));
                 next.insert(c.stream_id, StreamState { log_start: cur.log_start, hwm: end });
-                results.push(ChunkResult { error: code::NONE, base_offset: base, high_watermark: end, log_start: cur.log_start });
+                results.push(ChunkResult { error: crate::error::NONE, base_offset: base, high_watermark: end, log_start: cur.log_start });
             }
             let reply = CommitWalReply { chunks: results };
             ops.push(Op::Put(keys::wal_object(&req.object_key), Bytes::from(reply.encode_to_vec())));
@@ -497,14 +485,14 @@ async fn admin<M: MetaStore>(shared: &Shared<M>, cmd: Command) {
     }
 }
 
-fn failure(name: String, error: i32, message: impl Into<String>) -> TopicResult {
-    TopicResult { name, error, message: Some(message.into()), topic: None }
+fn failure(name: String, error: E, message: impl Into<String>) -> TopicResult {
+    TopicResult { name, error: i32::from(error.code()), message: Some(message.into()), topic: None }
 }
 
 fn storage_failure(name: String, e: MetaError) -> TopicResult {
     tracing::error!(error = %e, topic = %name, "admin transaction failed");
-    let code = if matches!(e, MetaError::ConditionFailed | MetaError::Fenced) { code::NOT_CONTROLLER } else { code::KAFKA_STORAGE_ERROR };
-    failure(name, code, e.to_string())
+    let e = crate::error::Error::from(e);
+    failure(name, e.response(), e.to_string())
 }
 
 /// Allocates `count` stream ids in `ops`, returning them.
@@ -539,19 +527,19 @@ fn publish_topic<M>(shared: &Shared<M>, topic: Topic) {
 async fn create_topic<M: MetaStore>(shared: &Shared<M>, t: NewTopic, validate_only: bool) -> TopicResult {
     let name = t.name.clone();
     if let Err(m) = validate_topic_name(&name) {
-        return failure(name, code::INVALID_TOPIC_EXCEPTION, m);
+        return failure(name, E::InvalidTopicException, m);
     }
     if shared.topics.read().expect("poisoned").contains_key(&name) {
-        return failure(name.clone(), code::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists."));
+        return failure(name.clone(), E::TopicAlreadyExists, format!("Topic '{name}' already exists."));
     }
     if t.partitions < 1 || t.partitions > MAX_PARTITIONS {
-        return failure(name, code::INVALID_PARTITIONS, format!("Number of partitions must be between 1 and {MAX_PARTITIONS}."));
+        return failure(name, E::InvalidPartitions, format!("Number of partitions must be between 1 and {MAX_PARTITIONS}."));
     }
     let mut configs: Vec<_> = t.configs.iter().collect();
     configs.sort();
     for (k, v) in configs {
         if let Err(m) = validate_topic_config(k, v) {
-            return failure(name, code::INVALID_CONFIG, m);
+            return failure(name, E::InvalidConfig, m);
         }
     }
     let mut topic = Topic {
@@ -562,7 +550,7 @@ async fn create_topic<M: MetaStore>(shared: &Shared<M>, t: NewTopic, validate_on
         revision: 0,
     };
     if validate_only {
-        return TopicResult { name, error: code::NONE, message: None, topic: None };
+        return TopicResult { name, error: crate::error::NONE, message: None, topic: None };
     }
     let mut conds = vec![Cond::Absent(keys::topic(&name))];
     let mut ops = Vec::new();
@@ -577,7 +565,7 @@ async fn create_topic<M: MetaStore>(shared: &Shared<M>, t: NewTopic, validate_on
             topic.revision = rev;
             publish_topic(shared, topic.clone());
             tracing::info!(topic = %name, partitions = t.partitions, "topic created");
-            TopicResult { name, error: code::NONE, message: None, topic: Some(topic) }
+            TopicResult { name, error: crate::error::NONE, message: None, topic: Some(topic) }
         }
         Err(e) => storage_failure(name, e),
     }
@@ -585,7 +573,7 @@ async fn create_topic<M: MetaStore>(shared: &Shared<M>, t: NewTopic, validate_on
 
 async fn delete_topic<M: MetaStore>(shared: &Shared<M>, name: String) -> TopicResult {
     let Some(topic) = shared.topics.read().expect("poisoned").get(&name).cloned() else {
-        return failure(name, code::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.");
+        return failure(name, E::UnknownTopicOrPartition, "This server does not host this topic-partition.");
     };
     let mut ops = vec![Op::Delete(keys::topic(&name))];
     for s in &topic.streams {
@@ -603,7 +591,7 @@ async fn delete_topic<M: MetaStore>(shared: &Shared<M>, name: String) -> TopicRe
             let deleted = sluice_rpc::TopicsDeleted { names: vec![name.clone()], streams: topic.streams.clone() };
             let _ = shared.notify.send(frame(Body::TopicsDeleted(deleted)));
             tracing::info!(topic = %name, "topic deleted");
-            TopicResult { name, error: code::NONE, message: None, topic: None }
+            TopicResult { name, error: crate::error::NONE, message: None, topic: None }
         }
         Err(e) => storage_failure(name, e),
     }
@@ -611,21 +599,17 @@ async fn delete_topic<M: MetaStore>(shared: &Shared<M>, name: String) -> TopicRe
 
 async fn add_partitions<M: MetaStore>(shared: &Shared<M>, name: String, count: i32, validate_only: bool) -> TopicResult {
     let Some(mut topic) = shared.topics.read().expect("poisoned").get(&name).cloned() else {
-        return failure(name, code::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.");
+        return failure(name, E::UnknownTopicOrPartition, "This server does not host this topic-partition.");
     };
     let have = topic.streams.len() as i32;
     if count <= have {
-        return failure(
-            name,
-            code::INVALID_PARTITIONS,
-            format!("Topic currently has {have} partitions, {count} would not be an increase."),
-        );
+        return failure(name, E::InvalidPartitions, format!("Topic currently has {have} partitions, {count} would not be an increase."));
     }
     if count > MAX_PARTITIONS {
-        return failure(name, code::INVALID_PARTITIONS, format!("Number of partitions must be at most {MAX_PARTITIONS}."));
+        return failure(name, E::InvalidPartitions, format!("Number of partitions must be at most {MAX_PARTITIONS}."));
     }
     if validate_only {
-        return TopicResult { name, error: code::NONE, message: None, topic: None };
+        return TopicResult { name, error: crate::error::NONE, message: None, topic: None };
     }
     let mut conds = Vec::new();
     let mut ops = Vec::new();
@@ -638,7 +622,7 @@ async fn add_partitions<M: MetaStore>(shared: &Shared<M>, name: String, count: i
         Ok(rev) => {
             topic.revision = rev;
             publish_topic(shared, topic.clone());
-            TopicResult { name, error: code::NONE, message: None, topic: Some(topic) }
+            TopicResult { name, error: crate::error::NONE, message: None, topic: Some(topic) }
         }
         Err(e) => storage_failure(name, e),
     }

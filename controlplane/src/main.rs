@@ -8,6 +8,7 @@
 //! ```
 
 mod controller;
+mod error;
 mod groups;
 mod meta;
 mod metrics;

@@ -2,10 +2,12 @@
 //! [`sluice_rpc::Envelope`] frames, pipelined requests answered as they complete (the request id
 //! pairs them), and pushed notifications (watermarks, topic changes) interleaved.
 
-use crate::controller::{code, Controller};
+use crate::controller::Controller;
+use crate::error::Error;
 use crate::groups::Coordinator;
 use crate::meta::{keys, Cond, MetaStore, Op, SessionId};
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError as E;
 use prost::Message;
 use sluice_rpc::body::Body;
 use sluice_rpc::*;
@@ -81,8 +83,8 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
                 tokio::spawn(async move {
                     let reply = match answer.await {
                         Ok(Ok(r)) => Body::CommitWalReply(r),
-                        Ok(Err(e)) => failed(code::KAFKA_STORAGE_ERROR, e),
-                        Err(_) => failed(code::KAFKA_STORAGE_ERROR, "control plane stopping"),
+                        Ok(Err(e)) => failed(&Error::from(e)),
+                        Err(_) => failed(&Error::Stopping),
                     };
                     send(&out_tx, id, reply).await;
                 });
@@ -94,7 +96,7 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
                     turn.wait().await;
                     let reply = match groups.handle(r).await {
                         Ok(body) => Body::KafkaResponse(KafkaResponse { body }),
-                        Err((error, message)) => failed(i32::from(error), message),
+                        Err(e) => failed(&e),
                     };
                     // Answered before the next request of the connection starts, so replies
                     // leave in the order the requests took effect.
@@ -168,8 +170,8 @@ async fn send(out: &mpsc::Sender<Arc<Vec<u8>>>, request_id: u64, body: Body) {
     let _ = out.send(Arc::new(encode_frame(&Envelope { request_id, body: Some(body) }))).await;
 }
 
-fn failed(error: i32, message: impl ToString) -> Body {
-    Body::Failed(Failed { error, message: message.to_string() })
+fn failed(e: &Error) -> Body {
+    Body::Failed(Failed { error: e.rpc_code(), message: e.to_string() })
 }
 
 async fn register<M: MetaStore + Clone>(
@@ -179,20 +181,20 @@ async fn register<M: MetaStore + Clone>(
     session: &mut Option<SessionId>,
 ) -> Body {
     if r.protocol_version != PROTOCOL_VERSION {
-        return failed(code::INVALID_REQUEST, format!("protocol version {} unsupported", r.protocol_version));
+        return failed(&Error::Malformed(format!("protocol version {} unsupported", r.protocol_version)));
     }
     let store = &ctl.shared.store;
     let s = match session {
         Some(s) => *s,
         None => match store.open_session().await {
             Ok(s) => *session.insert(s),
-            Err(e) => return failed(code::KAFKA_STORAGE_ERROR, e),
+            Err(e) => return failed(&Error::from(e)),
         },
     };
     let broker = Broker { node_id: r.node_id, host: r.host.clone(), port: r.port, zone: r.zone.clone() };
     let op = Op::PutEphemeral(keys::broker(r.node_id), Bytes::from(broker.encode_to_vec()), s);
     if let Err(e) = store.write(vec![], vec![op]).await {
-        return failed(code::KAFKA_STORAGE_ERROR, e);
+        return failed(&Error::from(e));
     }
     if r.shard == 0 {
         tracing::info!(node = r.node_id, host = %r.host, port = r.port, zone = %r.zone, cores = r.cores, "data plane registered");
@@ -221,11 +223,11 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
         Body::Ping(_) => Body::Pong(Ping {}),
         Body::Lookup(l) => {
             let Some(w) = ctl.watermark(l.stream_id) else {
-                return Body::LookupReply(LookupReply { error: code::UNKNOWN_TOPIC_OR_PARTITION, ..Default::default() });
+                return Body::LookupReply(LookupReply { error: i32::from(E::UnknownTopicOrPartition.code()), ..Default::default() });
             };
             match ctl.lookup(l.stream_id, l.offset, l.max_entries.clamp(1, 10_000) as usize).await {
                 Ok(entries) => Body::LookupReply(LookupReply { error: 0, entries, log_start: w.log_start, high_watermark: w.hwm }),
-                Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
+                Err(e) => failed(&Error::from(e)),
             }
         }
         Body::GetTopics(g) => {
@@ -246,7 +248,7 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
         }),
         Body::OffsetForTime(o) => match ctl.offset_for_time(o.stream_id, o.timestamp).await {
             Ok(entry) => Body::OffsetForTimeReply(OffsetForTimeReply { error: 0, entry }),
-            Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
+            Err(e) => failed(&Error::from(e)),
         },
         Body::CreateTopics(c) => Body::AdminReply(ctl.create_topics(c.topics, c.validate_only).await),
         Body::DeleteTopics(d) => {
@@ -261,7 +263,7 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
         }
         Body::AllocateProducerId(_) => match allocate_producer_id(ctl).await {
             Ok(producer_id) => Body::ProducerIdAllocated(ProducerIdAllocated { producer_id }),
-            Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
+            Err(e) => failed(&Error::from(e)),
         },
         Body::GetBrokers(_) => {
             let (a, b) = keys::brokers();
@@ -269,10 +271,10 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
                 Ok(rows) => {
                     Body::Brokers(Brokers { brokers: rows.into_iter().filter_map(|(_, v)| Broker::decode(v.value).ok()).collect() })
                 }
-                Err(e) => failed(code::KAFKA_STORAGE_ERROR, e),
+                Err(e) => failed(&Error::from(e)),
             }
         }
-        other => failed(code::INVALID_REQUEST, format!("unexpected message {:?}", std::mem::discriminant(&other))),
+        other => failed(&Error::Malformed(format!("unexpected message {:?}", std::mem::discriminant(&other)))),
     }
 }
 

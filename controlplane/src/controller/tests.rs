@@ -124,15 +124,12 @@ async fn admin_errors_use_kafka_codes() {
         )
         .await;
     let codes: Vec<i32> = r.results.iter().map(|r| r.error).collect();
-    assert_eq!(
-        codes,
-        [code::TOPIC_ALREADY_EXISTS, code::INVALID_TOPIC_EXCEPTION, code::INVALID_PARTITIONS, code::INVALID_CONFIG, code::INVALID_CONFIG]
-    );
+    assert_eq!(codes, [36, 17, 37, 40, 40]);
     // validate_only creates nothing.
     assert_eq!(ctl.create_topics(vec![create("z", 1, &[])], true).await.results[0].error, 0);
     assert!(!ctl.shared.topics.read().unwrap().contains_key("z"));
     // Partitions only grow; new ones get new streams.
-    assert_eq!(ctl.create_partitions(vec![("t".into(), 1)], false).await.results[0].error, code::INVALID_PARTITIONS);
+    assert_eq!(ctl.create_partitions(vec![("t".into(), 1)], false).await.results[0].error, 37);
     let grown = ctl.create_partitions(vec![("t".into(), 3)], false).await;
     let streams = grown.results[0].topic.as_ref().unwrap().streams.clone();
     assert_eq!(streams.len(), 3);
@@ -140,8 +137,8 @@ async fn admin_errors_use_kafka_codes() {
     // Deleting a topic makes commits to its streams fail with UNKNOWN_TOPIC_OR_PARTITION.
     assert_eq!(ctl.delete_topics(vec!["t".into()]).await.results[0].error, 0);
     let r = ctl.commit(commit("late", vec![chunk(s, 1)])).await.unwrap();
-    assert_eq!(r.chunks[0].error, code::UNKNOWN_TOPIC_OR_PARTITION);
-    assert_eq!(ctl.delete_topics(vec!["t".into()]).await.results[0].error, code::UNKNOWN_TOPIC_OR_PARTITION);
+    assert_eq!(r.chunks[0].error, 3);
+    assert_eq!(ctl.delete_topics(vec!["t".into()]).await.results[0].error, 3);
 }
 
 #[tokio::test]

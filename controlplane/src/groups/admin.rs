@@ -1,8 +1,10 @@
 //! DescribeGroups, ListGroups, DeleteGroups: what `kafka-consumer-groups` and the admin clients
 //! use.
 
-use super::{err, sb, Client, Coordinator, Kind};
+use super::{sb, Client, Coordinator, Kind};
+use crate::error::Error;
 use crate::meta::{keys, MetaStore, Op};
+use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use kafka_protocol::messages::delete_groups_response::{DeletableGroupResult, DeleteGroupsResponse};
 use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
@@ -21,7 +23,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             let d = d.with_group_state(sb("Dead"));
             if version >= 6 {
                 let message = format!("Group {} not found.", d.group_id.as_str());
-                d.with_error_code(err::GROUP_ID_NOT_FOUND)
+                d.with_error_code(E::GroupIdNotFound.code())
                     .with_error_message(Some(sb(&message)))
                     .with_authorized_operations(acl::NOT_REQUESTED)
             } else {
@@ -107,13 +109,13 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         let mut results = Vec::new();
         for id in req.groups_names {
             let code = match self.existing(&id) {
-                None => err::GROUP_ID_NOT_FOUND,
+                None => E::GroupIdNotFound.code(),
                 Some(g) => {
                     let mut g = g.lock().await;
                     if !g.exists && g.is_empty() {
-                        err::GROUP_ID_NOT_FOUND
+                        E::GroupIdNotFound.code()
                     } else if !g.is_empty() {
-                        err::NON_EMPTY_GROUP
+                        E::NonEmptyGroup.code()
                     } else {
                         let (a, b) = keys::group_all(&id);
                         match self.shared.store.write(vec![], vec![Op::DeleteRange(a, b)]).await {
@@ -127,7 +129,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                             }
                             Err(e) => {
                                 tracing::warn!(group = %id.as_str(), error = %e, "cannot delete group");
-                                err::COORDINATOR_NOT_AVAILABLE
+                                Error::Coordinator(e).response().code()
                             }
                         }
                     }

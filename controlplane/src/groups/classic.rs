@@ -4,9 +4,11 @@
 //! relays the leader's assignments untouched: range, roundrobin and cooperative-sticky all run
 //! in the clients, as with Kafka.
 
-use super::{err, new_member_id, sb, Client, Coordinator, Group, Kind, MAX_ASSIGNMENT_BYTES};
+use super::{new_member_id, sb, Client, Coordinator, Group, Kind, MAX_ASSIGNMENT_BYTES};
+use crate::error::Error;
 use crate::meta::MetaStore;
 use bytes::Bytes;
+use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::consumer_protocol_subscription::ConsumerProtocolSubscription;
 use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
 use kafka_protocol::messages::heartbeat_response::HeartbeatResponse;
@@ -22,8 +24,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-
-const GROUP_MAX_SIZE_REACHED: i16 = 81;
 
 /// Classic group states.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -242,16 +242,16 @@ impl Classic {
     pub fn validate_commit(&self, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
         if generation < 0 && member_id.is_empty() {
             // A commit from outside the group (an admin tool, or manual assignment).
-            return if self.members.is_empty() { 0 } else { err::UNKNOWN_MEMBER_ID };
+            return if self.members.is_empty() { 0 } else { E::UnknownMemberId.code() };
         }
         if let Some(code) = self.check_member(member_id, instance_id) {
             return code;
         }
         if generation != self.generation {
-            return err::ILLEGAL_GENERATION;
+            return E::IllegalGeneration.code();
         }
         if self.state == State::CompletingRebalance {
-            return err::REBALANCE_IN_PROGRESS;
+            return E::RebalanceInProgress.code();
         }
         0
     }
@@ -259,12 +259,12 @@ impl Classic {
     fn check_member(&self, member_id: &str, instance_id: Option<&str>) -> Option<i16> {
         if let Some(i) = instance_id {
             match self.static_ids.get(i) {
-                Some(id) if id != member_id => return Some(err::FENCED_INSTANCE_ID),
-                None if !self.members.contains_key(member_id) => return Some(err::UNKNOWN_MEMBER_ID),
+                Some(id) if id != member_id => return Some(E::FencedInstanceId.code()),
+                None if !self.members.contains_key(member_id) => return Some(E::UnknownMemberId.code()),
                 _ => {}
             }
         }
-        (!self.members.contains_key(member_id)).then_some(err::UNKNOWN_MEMBER_ID)
+        (!self.members.contains_key(member_id)).then_some(E::UnknownMemberId.code())
     }
 
     fn max_rebalance_timeout(&self) -> Duration {
@@ -319,7 +319,7 @@ impl Classic {
             for m in self.members.values_mut() {
                 m.assignment = Bytes::new();
                 if let Some(s) = m.sync.take() {
-                    let _ = s.send((err::REBALANCE_IN_PROGRESS, Bytes::new()));
+                    let _ = s.send((E::RebalanceInProgress.code(), Bytes::new()));
                 }
             }
         }
@@ -350,7 +350,7 @@ impl Classic {
         }
         let gone: Vec<String> = self.members.values().filter(|m| m.join.is_none()).map(|m| m.id.clone()).collect();
         for id in gone {
-            self.remove_member(&id, err::UNKNOWN_MEMBER_ID);
+            self.remove_member(&id, E::UnknownMemberId.code());
         }
         self.pending.clear();
         self.generation += 1;
@@ -445,11 +445,11 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             |code: i16| JoinGroupResponse::default().with_error_code(code).with_generation_id(-1).with_member_id(req.member_id.clone());
         let group_id = req.group_id.0.to_string();
         if group_id.is_empty() {
-            return fail(err::INVALID_GROUP_ID);
+            return fail(E::InvalidGroupId.code());
         }
         let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
         if session < self.cfg.min_session_timeout || session > self.cfg.max_session_timeout {
-            return fail(err::INVALID_SESSION_TIMEOUT);
+            return fail(E::InvalidSessionTimeout.code());
         }
         // v0 has no rebalance timeout: it is the session timeout.
         let rebalance =
@@ -457,12 +457,12 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         let protocol_type = req.protocol_type.to_string();
         let protocols: Vec<(String, Bytes)> = req.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect();
         if protocol_type.is_empty() || protocols.is_empty() {
-            return fail(err::INCONSISTENT_GROUP_PROTOCOL);
+            return fail(E::InconsistentGroupProtocol.code());
         }
         // The consumer protocol's metadata is a subscription; garbage there would only break
         // the leader's assignor, so it is refused here.
         if protocol_type == "consumer" && protocols.iter().any(|(_, m)| parse_subscription(m).is_none()) {
-            return fail(err::INCONSISTENT_GROUP_PROTOCOL);
+            return fail(E::InconsistentGroupProtocol.code());
         }
         let instance_id = req.group_instance_id.as_ref().map(|s| s.to_string());
         let member_id = req.member_id.to_string();
@@ -471,14 +471,14 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         let joined = {
             let mut g = g.lock().await;
             if g.kind() == Some(Kind::Consumer) {
-                return fail(err::INCONSISTENT_GROUP_PROTOCOL);
+                return fail(E::InconsistentGroupProtocol.code());
             }
             if g.is_empty() && g.consumer.group_epoch > 0 {
                 // An empty consumer-protocol group becomes a classic group.
                 g.consumer = Default::default();
             }
             if !g.classic.supports(&protocol_type, &protocols) {
-                return fail(err::INCONSISTENT_GROUP_PROTOCOL);
+                return fail(E::InconsistentGroupProtocol.code());
             }
             let delay = self.cfg.initial_rebalance_delay;
             let c = &mut g.classic;
@@ -499,7 +499,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             let joined = if member_id.is_empty() {
                 let returning = instance_id.as_ref().is_some_and(|i| c.static_ids.contains_key(i));
                 if c.members.len() >= self.cfg.max_size && !returning {
-                    return fail(GROUP_MAX_SIZE_REACHED);
+                    return fail(E::GroupMaxSizeReached.code());
                 }
                 let known_static = instance_id.as_ref().and_then(|i| c.static_ids.get(i).cloned());
                 if let (Some(old_id), Some(inst)) = (known_static, instance_id.as_ref()) {
@@ -509,7 +509,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     let unchanged = c.unchanged(&old_id, &protocols);
                     let was_leader = c.leader.as_deref() == Some(old_id.as_str());
                     let old_assignment = c.members.get(&old_id).map(|m| m.assignment.clone()).unwrap_or_default();
-                    c.remove_member(&old_id, err::FENCED_INSTANCE_ID);
+                    c.remove_member(&old_id, E::FencedInstanceId.code());
                     let (tx, rx) = oneshot::channel();
                     let mut m = new_member(new_id.clone(), tx);
                     m.assignment = old_assignment;
@@ -544,7 +544,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     let id = new_member_id(&client.id);
                     c.pending.insert(id.clone(), now + session);
                     return JoinGroupResponse::default()
-                        .with_error_code(err::MEMBER_ID_REQUIRED)
+                        .with_error_code(E::MemberIdRequired.code())
                         .with_generation_id(-1)
                         .with_member_id(sb(&id));
                 } else {
@@ -559,7 +559,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 }
             } else if c.pending.remove(&member_id).is_some() {
                 if c.members.len() >= self.cfg.max_size {
-                    return fail(GROUP_MAX_SIZE_REACHED);
+                    return fail(E::GroupMaxSizeReached.code());
                 }
                 let (tx, rx) = oneshot::channel();
                 c.members.insert(member_id.clone(), new_member(member_id.clone(), tx));
@@ -583,7 +583,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     _ => {
                         let (tx, rx) = oneshot::channel();
                         if let Some(old) = m.join.replace(tx) {
-                            let _ = old.send(fail(err::REBALANCE_IN_PROGRESS));
+                            let _ = old.send(fail(E::RebalanceInProgress.code()));
                         }
                         if c.state != State::PreparingRebalance {
                             c.prepare_rebalance(now, delay);
@@ -598,7 +598,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         };
         match joined {
             Joined::Now(r) => r,
-            Joined::Wait(rx) => rx.await.unwrap_or_else(|_| fail(err::UNKNOWN_MEMBER_ID)),
+            Joined::Wait(rx) => rx.await.unwrap_or_else(|_| fail(E::UnknownMemberId.code())),
         }
     }
 
@@ -628,7 +628,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
 
     pub(super) async fn sync_group(&self, req: SyncGroupRequest, _version: i16, _client: &Client) -> SyncGroupResponse {
         let fail = |code: i16| SyncGroupResponse::default().with_error_code(code);
-        let Some(g) = self.existing(&req.group_id.0) else { return fail(err::UNKNOWN_MEMBER_ID) };
+        let Some(g) = self.existing(&req.group_id.0) else { return fail(E::UnknownMemberId.code()) };
         let member_id = req.member_id.to_string();
         let rx = {
             let mut g = g.lock().await;
@@ -638,12 +638,12 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 return fail(code);
             }
             if req.generation_id != c.generation {
-                return fail(err::ILLEGAL_GENERATION);
+                return fail(E::IllegalGeneration.code());
             }
             if req.protocol_type.as_ref().is_some_and(|t| Some(t.as_str()) != c.protocol_type.as_deref())
                 || req.protocol_name.as_ref().is_some_and(|n| Some(n.as_str()) != c.protocol.as_deref())
             {
-                return fail(err::INCONSISTENT_GROUP_PROTOCOL);
+                return fail(E::InconsistentGroupProtocol.code());
             }
             let ok = |c: &Classic, a: Bytes| {
                 SyncGroupResponse::default()
@@ -652,8 +652,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     .with_assignment(a)
             };
             match c.state {
-                State::Empty => return fail(err::UNKNOWN_MEMBER_ID),
-                State::PreparingRebalance => return fail(err::REBALANCE_IN_PROGRESS),
+                State::Empty => return fail(E::UnknownMemberId.code()),
+                State::PreparingRebalance => return fail(E::RebalanceInProgress.code()),
                 State::Stable => {
                     let a = c.members.get(&member_id).map(|m| m.assignment.clone()).unwrap_or_default();
                     return ok(c, a);
@@ -664,7 +664,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             if let Some(m) = c.members.get_mut(&member_id) {
                 m.deadline = now + m.session_timeout;
                 if let Some(old) = m.sync.replace(tx) {
-                    let _ = old.send((err::REBALANCE_IN_PROGRESS, Bytes::new()));
+                    let _ = old.send((E::RebalanceInProgress.code(), Bytes::new()));
                 }
             }
             if c.leader.as_deref() == Some(member_id.as_str()) {
@@ -672,7 +672,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 if total > MAX_ASSIGNMENT_BYTES {
                     tracing::warn!(group = %g.id, bytes = total, "assignment over limit; rebalancing");
                     g.classic.prepare_rebalance(now, self.cfg.initial_rebalance_delay);
-                    return fail(err::INVALID_REQUEST);
+                    return fail(E::InvalidRequest.code());
                 }
                 for m in c.members.values_mut() {
                     m.assignment = Bytes::new();
@@ -688,7 +688,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     tracing::warn!(group = %g.id, error = %e, "cannot persist group assignment");
                     g.classic.state = State::CompletingRebalance;
                     g.classic.prepare_rebalance(now, self.cfg.initial_rebalance_delay);
-                    return fail(err::COORDINATOR_NOT_AVAILABLE);
+                    return fail(Error::Coordinator(e).response().code());
                 }
                 let c = &mut g.classic;
                 c.dirty = false;
@@ -709,13 +709,13 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                     .with_assignment(a)
             }
             Ok((code, _)) => fail(code),
-            Err(_) => fail(err::UNKNOWN_MEMBER_ID),
+            Err(_) => fail(E::UnknownMemberId.code()),
         }
     }
 
     pub(super) async fn heartbeat(&self, req: HeartbeatRequest, _version: i16, _client: &Client) -> HeartbeatResponse {
         let code = match self.existing(&req.group_id.0) {
-            None => err::UNKNOWN_MEMBER_ID,
+            None => E::UnknownMemberId.code(),
             Some(g) => {
                 let mut g = g.lock().await;
                 let c = &mut g.classic;
@@ -723,13 +723,13 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 if let Some(code) = c.check_member(member_id, req.group_instance_id.as_deref()) {
                     code
                 } else if req.generation_id != c.generation {
-                    err::ILLEGAL_GENERATION
+                    E::IllegalGeneration.code()
                 } else {
                     let m = c.members.get_mut(member_id).expect("checked");
                     m.deadline = Instant::now() + m.session_timeout;
                     match c.state {
-                        State::Empty => err::UNKNOWN_MEMBER_ID,
-                        State::PreparingRebalance => err::REBALANCE_IN_PROGRESS,
+                        State::Empty => E::UnknownMemberId.code(),
+                        State::PreparingRebalance => E::RebalanceInProgress.code(),
                         State::CompletingRebalance | State::Stable => 0,
                     }
                 }
@@ -745,7 +745,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             vec![(req.member_id.to_string(), None)]
         };
         let Some(g) = self.existing(&req.group_id.0) else {
-            return LeaveGroupResponse::default().with_error_code(err::UNKNOWN_MEMBER_ID);
+            return LeaveGroupResponse::default().with_error_code(E::UnknownMemberId.code());
         };
         let mut g = g.lock().await;
         let now = Instant::now();
@@ -755,16 +755,16 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         for (member_id, instance_id) in &leaving {
             let id = match instance_id.as_ref().map(|i| c.static_ids.get(i).cloned()) {
                 Some(Some(id)) if member_id.is_empty() || *member_id == id => Ok(id),
-                Some(Some(_)) => Err(err::FENCED_INSTANCE_ID),
-                Some(None) => Err(err::UNKNOWN_MEMBER_ID),
+                Some(Some(_)) => Err(E::FencedInstanceId.code()),
+                Some(None) => Err(E::UnknownMemberId.code()),
                 None if c.members.contains_key(member_id) || c.pending.contains_key(member_id) => Ok(member_id.clone()),
-                None => Err(err::UNKNOWN_MEMBER_ID),
+                None => Err(E::UnknownMemberId.code()),
             };
             let code = match id {
                 Ok(id) => {
                     // A member that never finished joining leaving changes no assignment.
                     if c.pending.remove(&id).is_none() {
-                        removed |= c.remove_member(&id, err::UNKNOWN_MEMBER_ID);
+                        removed |= c.remove_member(&id, E::UnknownMemberId.code());
                     }
                     0
                 }
@@ -802,7 +802,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             c.members.values().filter(|m| m.deadline <= now && m.join.is_none() && m.sync.is_none()).map(|m| m.id.clone()).collect();
         for id in &expired {
             tracing::info!(group = %g.id, member = %id, "session expired");
-            c.remove_member(id, err::UNKNOWN_MEMBER_ID);
+            c.remove_member(id, E::UnknownMemberId.code());
         }
         if !expired.is_empty() && matches!(c.state, State::Stable | State::CompletingRebalance) {
             c.prepare_rebalance(now, Duration::ZERO);
@@ -811,7 +811,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         if c.state == State::CompletingRebalance && c.sync_deadline.is_some_and(|t| t <= now) {
             let unsynced: Vec<String> = c.members.values().filter(|m| m.sync.is_none()).map(|m| m.id.clone()).collect();
             for id in unsynced {
-                c.remove_member(&id, err::UNKNOWN_MEMBER_ID);
+                c.remove_member(&id, E::UnknownMemberId.code());
             }
             c.prepare_rebalance(now, Duration::ZERO);
             changed = true;

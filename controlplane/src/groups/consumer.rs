@@ -8,8 +8,9 @@
 //! other member still owns; a partition is given to its new owner only after the old owner has
 //! reported it revoked. Members not involved in a change keep their partitions throughout.
 
-use super::{err, new_member_id, sb, Client, Coordinator, GroupConfig, Kind};
+use super::{new_member_id, sb, Client, Coordinator, GroupConfig, Kind};
 use crate::meta::MetaStore;
+use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::consumer_group_describe_request::ConsumerGroupDescribeRequest;
 use kafka_protocol::messages::consumer_group_describe_response as describe;
 use kafka_protocol::messages::consumer_group_heartbeat_request::ConsumerGroupHeartbeatRequest;
@@ -312,11 +313,11 @@ impl Consumer {
     /// Whether a member may commit offsets (or 0). OffsetCommit v9+ carries the member epoch.
     pub fn validate_commit(&self, member_id: &str, epoch: i32, version: i16) -> i16 {
         if member_id.is_empty() && epoch < 0 {
-            return if self.members.is_empty() { 0 } else { err::UNKNOWN_MEMBER_ID };
+            return if self.members.is_empty() { 0 } else { E::UnknownMemberId.code() };
         }
-        let Some(m) = self.members.get(member_id) else { return err::UNKNOWN_MEMBER_ID };
+        let Some(m) = self.members.get(member_id) else { return E::UnknownMemberId.code() };
         if version >= 9 && epoch != m.epoch {
-            return err::STALE_MEMBER_EPOCH;
+            return E::StaleMemberEpoch.code();
         }
         0
     }
@@ -327,8 +328,8 @@ impl Consumer {
             return 0;
         }
         match self.members.get(member_id) {
-            None => err::UNKNOWN_MEMBER_ID,
-            Some(m) if epoch >= 0 && epoch != m.epoch => err::STALE_MEMBER_EPOCH,
+            None => E::UnknownMemberId.code(),
+            Some(m) if epoch >= 0 && epoch != m.epoch => E::StaleMemberEpoch.code(),
             Some(_) => 0,
         }
     }
@@ -510,23 +511,26 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         };
         let group_id = req.group_id.0.to_string();
         if group_id.is_empty() {
-            return fail(err::INVALID_REQUEST, "GroupId can't be empty.");
+            return fail(E::InvalidRequest.code(), "GroupId can't be empty.");
         }
         let epoch = req.member_epoch;
         if epoch == 0 && req.subscribed_topic_names.is_none() && req.subscribed_topic_regex.is_none() {
-            return fail(err::INVALID_REQUEST, "SubscribedTopicNames or SubscribedTopicRegex must be set in first request.");
+            return fail(E::InvalidRequest.code(), "SubscribedTopicNames or SubscribedTopicRegex must be set in first request.");
         }
         if let Some(a) = req.server_assignor.as_deref() {
             if !ASSIGNORS.contains(&a) {
                 return fail(
-                    err::UNSUPPORTED_ASSIGNOR,
+                    E::UnsupportedAssignor.code(),
                     &format!("ServerAssignor {a} is not supported. Supported assignors: uniform, range."),
                 );
             }
         }
         if let Some(re) = req.subscribed_topic_regex.as_deref() {
             if !re.is_empty() && compile(re).is_none() {
-                return fail(err::INVALID_REGULAR_EXPRESSION, &format!("SubscribedTopicRegex `{re}` is not a valid regular expression."));
+                return fail(
+                    E::InvalidRegularExpression.code(),
+                    &format!("SubscribedTopicRegex `{re}` is not a valid regular expression."),
+                );
             }
         }
         let now = Instant::now();
@@ -534,7 +538,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         let g = self.group(&group_id);
         let mut g = g.lock().await;
         if g.kind() == Some(Kind::Classic) {
-            return fail(err::GROUP_ID_NOT_FOUND, &format!("Group {group_id} is not a consumer group."));
+            return fail(E::GroupIdNotFound.code(), &format!("Group {group_id} is not a consumer group."));
         }
         if g.is_empty() && g.classic.generation > 0 {
             // An empty classic group becomes a consumer group; its offsets stay.
@@ -577,7 +581,10 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 // A static member coming back takes over its predecessor's partitions.
                 if let Some(old) = c.members.values().find(|o| o.instance_id.as_deref() == Some(inst) && o.id != id) {
                     if !old.away {
-                        return fail(err::UNRELEASED_INSTANCE_ID, &format!("Static member with instance id {inst} is still in the group."));
+                        return fail(
+                            E::UnreleasedInstanceId.code(),
+                            &format!("Static member with instance id {inst} is still in the group."),
+                        );
                     }
                     let old = old.id.clone();
                     let prev = c.members.remove(&old).expect("found");
@@ -600,14 +607,14 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         } else {
             let id = req.member_id.to_string();
             let Some(m) = c.members.get(&id) else {
-                return fail(err::UNKNOWN_MEMBER_ID, &format!("Member {id} is not a member of group {group_id}."));
+                return fail(E::UnknownMemberId.code(), &format!("Member {id} is not a member of group {group_id}."));
             };
             if let Some(inst) = req.instance_id.as_deref() {
                 // An instance id names one member: another process using it is fenced.
                 if c.members.values().any(|o| o.id != id && o.instance_id.as_deref() == Some(inst))
                     || m.instance_id.as_deref().is_some_and(|mine| mine != inst)
                 {
-                    return fail(err::FENCED_INSTANCE_ID, &format!("Instance id {inst} belongs to another member."));
+                    return fail(E::FencedInstanceId.code(), &format!("Instance id {inst} belongs to another member."));
                 }
             }
             if epoch != m.epoch {
@@ -619,7 +626,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 let tolerated = epoch == m.previous_epoch && req.topic_partitions.is_some() && is_subset(&owned, &m.assigned);
                 if !tolerated {
                     return fail(
-                        err::FENCED_MEMBER_EPOCH,
+                        E::FencedMemberEpoch.code(),
                         &format!("The member epoch {epoch} is fenced; the current epoch is {}.", m.epoch),
                     );
                 }
@@ -753,7 +760,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 None => {
                     let d = d.with_authorized_operations(sluice_rpc::acl::NOT_REQUESTED);
                     out.push(
-                        d.with_error_code(err::GROUP_ID_NOT_FOUND)
+                        d.with_error_code(E::GroupIdNotFound.code())
                             .with_error_message(Some(sb(&format!("Group {} not found.", id.as_str())))),
                     );
                     continue;
@@ -764,7 +771,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             if !is_consumer {
                 let d = d.with_authorized_operations(sluice_rpc::acl::NOT_REQUESTED);
                 out.push(
-                    d.with_error_code(err::GROUP_ID_NOT_FOUND)
+                    d.with_error_code(E::GroupIdNotFound.code())
                         .with_error_message(Some(sb(&format!("Group {} is not a consumer group.", id.as_str())))),
                 );
                 continue;

@@ -18,6 +18,7 @@ mod consumer;
 mod offsets;
 
 use crate::controller::Shared;
+use crate::error::Error;
 use crate::meta::{keys, MetaError, MetaStore, Op};
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -29,31 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-
-/// Kafka error codes the coordinator answers with.
-pub mod err {
-    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub const ILLEGAL_GENERATION: i16 = 22;
-    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-    pub const INVALID_GROUP_ID: i16 = 24;
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
-    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
-    pub const INVALID_REQUEST: i16 = 42;
-    pub const NON_EMPTY_GROUP: i16 = 68;
-    pub const GROUP_ID_NOT_FOUND: i16 = 69;
-    pub const MEMBER_ID_REQUIRED: i16 = 79;
-    pub const FENCED_INSTANCE_ID: i16 = 82;
-    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
-    pub const UNRELEASED_INSTANCE_ID: i16 = 111;
-    pub const FENCED_MEMBER_EPOCH: i16 = 110;
-    pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
-    pub const STALE_MEMBER_EPOCH: i16 = 113;
-    pub const INVALID_REGULAR_EXPRESSION: i16 = 130;
-}
 
 /// Coordinator settings (Kafka's broker configs of the same names).
 #[derive(Clone, Debug)]
@@ -242,21 +218,21 @@ impl<M: MetaStore + Clone> Coordinator<M> {
 
     /// Answers one forwarded request: the encoded response body, or a code for the whole
     /// request when it cannot be served.
-    pub async fn handle(&self, req: KafkaRequest) -> Result<Bytes, (i16, String)> {
+    pub async fn handle(&self, req: KafkaRequest) -> Result<Bytes, Error> {
         let version = req.api_version as i16;
-        let api = ApiKey::try_from(req.api_key as i16).map_err(|_| (err::INVALID_REQUEST, format!("unknown API key {}", req.api_key)))?;
+        let api = ApiKey::try_from(req.api_key as i16).map_err(|_| Error::Malformed(format!("unknown API key {}", req.api_key)))?;
         let Some((_, min, max)) = forward::GROUP_APIS.iter().find(|(k, _, _)| *k == api) else {
-            return Err((err::INVALID_REQUEST, format!("{api:?} is not a group API")));
+            return Err(Error::Malformed(format!("{api:?} is not a group API")));
         };
         if !(*min..=*max).contains(&version) {
-            return Err((err::INVALID_REQUEST, format!("{api:?} v{version} unsupported")));
+            return Err(Error::Malformed(format!("{api:?} v{version} unsupported")));
         }
         let client = Client { id: req.client_id, host: req.client_host };
         let mut body = req.body;
         macro_rules! run {
             ($handler:expr) => {{
                 let r = Decodable::decode(&mut body, version)
-                    .map_err(|e| (err::INVALID_REQUEST, format!("cannot decode {api:?} v{version}: {e}")))?;
+                    .map_err(|e| Error::Malformed(format!("cannot decode {api:?} v{version}: {e}")))?;
                 let resp = $handler(self, r, version, &client).await;
                 encode(&resp, version)
             }};
@@ -274,7 +250,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             ApiKey::DeleteGroups => run!(Self::delete_groups),
             ApiKey::ConsumerGroupHeartbeat => run!(Self::consumer_heartbeat),
             ApiKey::ConsumerGroupDescribe => run!(Self::consumer_describe),
-            _ => Err((err::INVALID_REQUEST, format!("{api:?} is not a group API"))),
+            _ => Err(Error::Malformed(format!("{api:?} is not a group API"))),
         }
     }
 
@@ -405,8 +381,8 @@ pub struct Client {
     pub host: String,
 }
 
-fn encode<R: Encodable>(resp: &R, version: i16) -> Result<Bytes, (i16, String)> {
-    forward::encode_body(resp, version).ok_or_else(|| (err::UNKNOWN_SERVER_ERROR, "cannot encode response".to_string()))
+fn encode<R: Encodable>(resp: &R, version: i16) -> Result<Bytes, Error> {
+    forward::encode_body(resp, version).ok_or(Error::Internal("cannot encode response"))
 }
 
 fn sb(s: &str) -> StrBytes {

@@ -1,9 +1,11 @@
 //! OffsetCommit, OffsetFetch (one group, or several at once from v8), OffsetDelete. Offsets are
 //! written to the metadata store before the commit is answered, one transaction per request.
 
-use super::{err, now_ms, sb, Client, Coordinator, Group, Kind, OffsetRecord, OFFSET_METADATA_MAX};
+use super::{now_ms, sb, Client, Coordinator, Group, Kind, OffsetRecord, OFFSET_METADATA_MAX};
+use crate::error::Error;
 use crate::meta::{keys, MetaStore, Op};
 use bytes::Bytes;
+use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::offset_commit_request::OffsetCommitRequest;
 use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::offset_delete_request::OffsetDeleteRequest;
@@ -40,7 +42,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             OffsetCommitResponse::default().with_topics(topics)
         };
         if group_id.is_empty() {
-            return answer(&|_, _| err::INVALID_GROUP_ID);
+            return answer(&|_, _| E::InvalidGroupId.code());
         }
         let generation = req.generation_id_or_member_epoch;
         let g = if generation < 0 && req.member_id.is_empty() {
@@ -49,7 +51,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             match self.existing(&group_id) {
                 Some(g) => g,
                 // Kafka answers GROUP_ID_NOT_FOUND from v9 on, ILLEGAL_GENERATION before.
-                None => return answer(&|_, _| if version >= 9 { err::GROUP_ID_NOT_FOUND } else { err::ILLEGAL_GENERATION }),
+                None => return answer(&|_, _| if version >= 9 { E::GroupIdNotFound.code() } else { E::IllegalGeneration.code() }),
             }
         };
         let mut g = g.lock().await;
@@ -73,9 +75,9 @@ impl<M: MetaStore + Clone> Coordinator<M> {
             for p in &t.partitions {
                 let known = counts.get(t.name.as_str()).is_some_and(|n| (0..*n).contains(&p.partition_index));
                 let code = if !known {
-                    err::UNKNOWN_TOPIC_OR_PARTITION
+                    E::UnknownTopicOrPartition.code()
                 } else if p.committed_metadata.as_ref().is_some_and(|m| m.len() > OFFSET_METADATA_MAX) {
-                    err::OFFSET_METADATA_TOO_LARGE
+                    E::OffsetMetadataTooLarge.code()
                 } else {
                     let rec = OffsetRecord {
                         offset: p.committed_offset,
@@ -93,7 +95,8 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         if !ops.is_empty() {
             if let Err(e) = self.shared.store.write(vec![], ops).await {
                 tracing::warn!(group = %group_id, error = %e, "cannot store offsets");
-                return answer(&|_, _| err::COORDINATOR_NOT_AVAILABLE);
+                let code = Error::Coordinator(e).response().code();
+                return answer(&|_, _| code);
             }
             g.exists = true;
             for (topic, p, rec) in accepted {
@@ -204,11 +207,11 @@ impl<M: MetaStore + Clone> Coordinator<M> {
 
     pub(super) async fn offset_delete(&self, req: OffsetDeleteRequest, _version: i16, _client: &Client) -> OffsetDeleteResponse {
         let Some(g) = self.existing(&req.group_id.0) else {
-            return OffsetDeleteResponse::default().with_error_code(err::GROUP_ID_NOT_FOUND);
+            return OffsetDeleteResponse::default().with_error_code(E::GroupIdNotFound.code());
         };
         let mut g = g.lock().await;
         if !g.exists && g.is_empty() {
-            return OffsetDeleteResponse::default().with_error_code(err::GROUP_ID_NOT_FOUND);
+            return OffsetDeleteResponse::default().with_error_code(E::GroupIdNotFound.code());
         }
         let subscribed = subscribed_topics(&g);
         let mut ops = Vec::new();
@@ -220,7 +223,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
                 .partitions
                 .iter()
                 .map(|p| {
-                    let code = if busy { err::GROUP_SUBSCRIBED_TO_TOPIC } else { 0 };
+                    let code = if busy { E::GroupSubscribedToTopic.code() } else { 0 };
                     if code == 0 {
                         ops.push(Op::Delete(keys::group_offset(&req.group_id, &t.name, p.partition_index)));
                         gone.push((t.name.to_string(), p.partition_index));
@@ -233,7 +236,7 @@ impl<M: MetaStore + Clone> Coordinator<M> {
         if !ops.is_empty() {
             if let Err(e) = self.shared.store.write(vec![], ops).await {
                 tracing::warn!(group = %g.id, error = %e, "cannot delete offsets");
-                return OffsetDeleteResponse::default().with_error_code(err::COORDINATOR_NOT_AVAILABLE);
+                return OffsetDeleteResponse::default().with_error_code(Error::Coordinator(e).response().code());
             }
             for (t, p) in gone {
                 if let Some(parts) = g.offsets.get_mut(&t) {
