@@ -10,6 +10,7 @@
 #   SLUICE_BIN_DIR     where the e2e tests find the binaries (default $CARGO_TARGET_DIR/release)
 #   SLUICE_VENV        directory holding the Python virtualenv .venv (default ~/.cache/sluice-venv)
 #   SLUICE_NODE_DIR    directory holding kafkajs's node_modules (default ~/.cache/sluice-node)
+#   SLUICE_TOOLS_DIR   where servers the tests start are installed (default ~/.cache/sluice-tools)
 #   PYTEST_TIMEOUT     per-test timeout in seconds (default 300; some tests set their own)
 set -euo pipefail
 
@@ -91,6 +92,10 @@ if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     . "$HOME/.cargo/env"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+
+# The S3-compatible server the S3 tests (cargo's and pytest's) run against.
+log "s3s-fs (S3-compatible server) in ${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice-tools}"
+bash "$ROOT/scripts/s3-server.sh" --install
 
 log "cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all -- --check

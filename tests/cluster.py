@@ -79,6 +79,66 @@ class ProcessDied(AssertionError):
     pass
 
 
+TOOLS_DIR = Path(os.environ.get("SLUICE_TOOLS_DIR") or os.path.expanduser("~/.cache/sluice-tools"))
+
+
+class S3Server:
+    """A real S3-compatible server (s3s-fs, installed by scripts/s3-server.sh) on a free
+    loopback port, checking SigV4 signatures; it keeps each object as a file under root/BUCKET."""
+
+    ACCESS_KEY = "sluice-test"
+    SECRET_KEY = "sluice-test-secret-key"
+    BUCKET = "sluice-test"
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.port = free_port()
+        self.log = self.root.parent / "s3-server.log"
+        self.proc = None
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self):
+        return {"AWS_ACCESS_KEY_ID": self.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY}
+
+    def start(self):
+        exe = TOOLS_DIR / "bin" / "s3s-fs"
+        if not exe.exists():
+            pytest.fail(f"{exe} not found: run scripts/s3-server.sh --install", pytrace=False)
+        (self.root / self.BUCKET).mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(exe), "--host", "127.0.0.1", "--port", str(self.port), "--access-key", self.ACCESS_KEY,
+                 "--secret-key", self.SECRET_KEY, str(self.root)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise ProcessDied(f"s3s-fs {describe_exit(self.proc.returncode)}; log tail:\n{tail(self.log)}")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+
+        wait_until(ready, STARTUP_TIMEOUT, what="S3 server to accept")
+        return self
+
+    def objects(self, prefix=""):
+        """Keys of the objects stored under prefix (read from the server's own directory)."""
+        base = self.root / self.BUCKET
+        return sorted(str(p.relative_to(base)) for p in base.rglob("*")
+                      if p.is_file() and str(p.relative_to(base)).startswith(prefix) and not p.name.startswith("."))
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
 def describe_exit(returncode):
     if returncode is not None and returncode < 0:
         try:
@@ -92,8 +152,11 @@ def describe_exit(returncode):
 class Sluice:
     """One control plane and one data plane on free loopback ports with a private data dir."""
 
-    def __init__(self, base_dir, cores=1, dataplane_args=(), controlplane_args=()):
+    def __init__(self, base_dir, cores=1, dataplane_args=(), controlplane_args=(), s3=None, s3_prefix=None):
         self.base_dir = Path(base_dir)
+        # With an S3Server, the data plane keeps its objects there, under s3_prefix.
+        self.s3 = s3
+        self.s3_prefix = s3_prefix
         self.cores = cores
         self.dataplane_args = [str(a) for a in dataplane_args]
         self.controlplane_args = [str(a) for a in controlplane_args]
@@ -124,9 +187,19 @@ class Sluice:
                 "--rpc-listen", self.rpc_addr, *self.controlplane_args]
 
     def dataplane_cmd(self):
+        store = []
+        if self.s3 is not None:
+            store = ["--object-store", f"s3://{self.s3.BUCKET}/{self.s3_prefix}", "--s3-endpoint", self.s3.endpoint]
         return [binary(DATAPLANE), "--data-dir", str(self.dp_dir),
                 "--controlplane", self.rpc_addr, "--listen", self.bootstrap,
-                "--cores", str(self.cores), *self.dataplane_args]
+                "--cores", str(self.cores), *store, *self.dataplane_args]
+
+    def env(self):
+        """The environment of this cluster's processes (with the S3 credentials, on S3)."""
+        env = child_env()
+        if self.s3 is not None:
+            env.update(self.s3.env())
+        return env
 
     # ------------------------------------------------------------------ process control
     @staticmethod
@@ -144,7 +217,7 @@ class Sluice:
         log.flush()
         try:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=child_env(), start_new_session=True, preexec_fn=self._default_signals)
+                                    env=self.env(), start_new_session=True, preexec_fn=self._default_signals)
         finally:
             log.close()
 

@@ -10,16 +10,42 @@ Usage:
     def test_z(sluice): ...
 
     def test_w(sluice_factory): a = sluice_factory(cores=2); b = sluice_factory(start=False)
+
+    @pytest.mark.each_backend                     # run once per object store: local, s3
+    def test_v(sluice): ...
 """
 
 import pytest
 
-from cluster import ProcessDied, Sluice
+from cluster import ProcessDied, S3Server, Sluice
+
+# The object stores a scenario marked `each_backend` runs on.
+BACKENDS = ["local", "s3"]
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sluice(cores=1, dataplane_args=(), controlplane_args=()): "
                                        "options for the `sluice` fixture")
+    config.addinivalue_line("markers", "each_backend: run the test once per object store (local, s3)")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("each_backend") and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    """The object store of the test's clusters: "local" unless the test is marked each_backend."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One S3-compatible server for the whole session; each cluster uses its own key prefix."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "root").start()
+    yield server
+    server.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -33,14 +59,16 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-def sluice_factory(request, tmp_path):
+def sluice_factory(request, tmp_path, backend):
     """Returns make(cores=1, dataplane_args=(), controlplane_args=(), start=True) -> Sluice."""
     clusters = []
     request.node._sluice_clusters = clusters
+    s3 = request.getfixturevalue("s3_server") if backend == "s3" else None
 
     def make(cores=1, dataplane_args=(), controlplane_args=(), start=True):
-        cluster = Sluice(tmp_path / f"cluster{len(clusters)}", cores=cores,
-                         dataplane_args=dataplane_args, controlplane_args=controlplane_args)
+        name = f"cluster{len(clusters)}"
+        cluster = Sluice(tmp_path / name, cores=cores, dataplane_args=dataplane_args,
+                         controlplane_args=controlplane_args, s3=s3, s3_prefix=f"{tmp_path.name}/{name}")
         clusters.append(cluster)
         if start:
             cluster.start()

@@ -78,6 +78,7 @@ def roundtrip(bootstrap, codec):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.each_backend
 def test_roundtrip_all_codecs(sluice, codec):
     roundtrip(sluice.bootstrap, codec)
 
@@ -89,6 +90,7 @@ def test_roundtrip_two_cores(sluice, codec):
     roundtrip(sluice.bootstrap, codec)
 
 
+@pytest.mark.each_backend
 def test_data_survives_clean_restart(sluice):
     topic = unique("restart")
     create_topic(sluice.bootstrap, topic, PARTITIONS)
@@ -110,6 +112,7 @@ def test_data_survives_clean_restart(sluice):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.each_backend
 def test_cold_reads_from_objects(sluice_factory, cores):
     """With a cache far smaller than the data, a fresh process serves fetches from the WAL
     objects (ranged reads through the index), not from memory."""
@@ -131,6 +134,7 @@ def fetch_requests_sent(stats):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.each_backend
 def test_long_poll_wakes_on_new_data(sluice):
     """A fetch waiting on an empty partition is parked by the broker (not answered empty in a
     tight loop) and is answered as soon as a record arrives, long before fetch.wait.max.ms."""

@@ -112,6 +112,7 @@ def restart(sluice, victim):
     ("controlplane", {"cores": 1}),
     ("both", {"cores": 2}),
 ], indirect=["sluice"])
+@pytest.mark.each_backend
 def test_kill9_keeps_acknowledged_records_exactly_once(sluice, victim):
     topic = unique(f"crash-{victim}")
     create_topic(sluice.bootstrap, topic, PARTITIONS)

@@ -179,6 +179,7 @@ GROUP_CASES = [
 
 @pytest.mark.sluice(controlplane_args=GROUP_ARGS)
 @pytest.mark.parametrize("client,protocol", GROUP_CASES)
+@pytest.mark.each_backend
 def test_members_take_over_from_a_killed_member(sluice, tmp_path, workers, client, protocol):
     bs = sluice.bootstrap
     topic, group = unique("grp"), unique("g")
@@ -478,14 +479,15 @@ def test_consumer_lag_command_and_metrics(sluice_factory):
 
 @pytest.fixture
 def second_dataplane(sluice):
-    """A second data plane (node 2) on its own port, same control plane and object directory."""
+    """A second data plane (node 2) on its own port, same control plane and object store."""
     import kafka_wire as kw
     from cluster import free_port as port
     listen = f"127.0.0.1:{port()}"
     cmd = sluice.dataplane_cmd()
     cmd[cmd.index("--listen") + 1] = listen
     log = open(sluice.log_dir / "dataplane2.log", "ab")
-    proc = subprocess.Popen([*cmd, "--node-id", "2"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([*cmd, "--node-id", "2"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=sluice.env())
 
     def ready():
         assert proc.poll() is None, f"second data plane exited with {proc.returncode}"
@@ -502,6 +504,7 @@ def second_dataplane(sluice):
 
 @pytest.mark.sluice(controlplane_args=GROUP_ARGS)
 @pytest.mark.parametrize("protocol", ["classic", "consumer"])
+@pytest.mark.each_backend
 def test_members_on_different_data_planes(sluice, second_dataplane, tmp_path, workers, protocol):
     """Members bootstrapped to different data planes are coordinated as one group: each data
     plane names itself as the coordinator and forwards to the control plane."""

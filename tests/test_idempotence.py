@@ -2,6 +2,7 @@
 client's retry) gets the offset of the first copy and is not stored twice, whether the first
 copy is still being committed or already was."""
 
+import pytest
 import kafka_wire as kw
 from helpers import create_topic, now_ms, unique, watermarks
 
@@ -11,6 +12,7 @@ def batch(pid, seq, n, tag):
     return kw.record_batch([(None, f"{tag}-{i}".encode(), [], ts) for i in range(n)], producer=(pid, 0, seq))
 
 
+@pytest.mark.each_backend
 def test_retried_idempotent_batches_are_stored_once(sluice):
     topic = unique("idem")
     create_topic(sluice.bootstrap, topic, 1)

@@ -6,6 +6,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::store::s3::S3Options;
+
 /// Sluice data plane: a Kafka-compatible broker.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-dataplane", version, about)]
@@ -13,6 +15,29 @@ pub struct Args {
     /// Data directory: the local object store lives in DATA_DIR/objects.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Where WAL objects go: `file://DIR` (a local directory; default DATA_DIR/objects) or
+    /// `s3://BUCKET[/PREFIX]` (any S3-compatible store; credentials from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN). On S3 nothing durable is written locally.
+    #[arg(long, env = "SLUICE_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// S3 endpoint, `http://HOST[:PORT]`, for S3-compatible servers.
+    #[arg(long, env = "SLUICE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (signed into every request).
+    #[arg(long, env = "SLUICE_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Path-style addressing (`ENDPOINT/BUCKET/KEY`) instead of virtual hosts
+    /// (`BUCKET.ENDPOINT/KEY`); default: on when the endpoint is an IP address or localhost,
+    /// where virtual hosts cannot resolve.
+    #[arg(long, env = "SLUICE_S3_PATH_STYLE", action = clap::ArgAction::Set)]
+    pub s3_path_style: Option<bool>,
+    /// Deadline of one try of one S3 request.
+    #[arg(long, env = "SLUICE_S3_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub s3_request_timeout_ms: u64,
+    /// Tries of one S3 request (timeouts, resets, 5xx and SlowDown are tried again, with
+    /// exponential backoff and jitter) before it fails.
+    #[arg(long, env = "SLUICE_S3_MAX_ATTEMPTS", default_value_t = 6)]
+    pub s3_max_attempts: u32,
     /// Control plane internal-protocol address.
     #[arg(long, env = "SLUICE_CONTROLPLANE", default_value = "127.0.0.1:9093")]
     pub controlplane: String,
@@ -68,10 +93,19 @@ pub struct Args {
     pub log: String,
 }
 
+/// The object store the shards use.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// A directory on this machine (the objects' root).
+    Local(PathBuf),
+    S3(S3Options),
+}
+
 /// Resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    pub store: StoreConfig,
     pub controlplane: String,
     pub listen: SocketAddr,
     pub advertised_host: String,
@@ -114,9 +148,11 @@ impl Config {
         if a.wal_flush_bytes == 0 || a.wal_max_inflight_bytes < a.wal_flush_bytes {
             return Err("--wal-flush-bytes must be positive and at most --wal-max-inflight-bytes".into());
         }
+        let store = store_config(&a)?;
         let advertised_host =
             a.advertised_host.unwrap_or_else(|| a.listen.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default());
         Ok(Config {
+            store,
             data_dir: a.data_dir,
             controlplane: a.controlplane,
             listen,
@@ -135,4 +171,76 @@ impl Config {
             metrics_listen,
         })
     }
+}
+
+impl Config {
+    /// The object store, for the log: `file://DIR` or `s3://BUCKET/PREFIX at ENDPOINT`.
+    pub fn store_name(&self) -> String {
+        match &self.store {
+            StoreConfig::Local(root) => format!("file://{}", root.display()),
+            StoreConfig::S3(o) => format!("s3://{}/{} at http://{}", o.bucket, o.prefix, o.endpoint),
+        }
+    }
+}
+
+/// The object store the flags name.
+fn store_config(a: &Args) -> Result<StoreConfig, String> {
+    let url = match &a.object_store {
+        None => return Ok(StoreConfig::Local(a.data_dir.join("objects"))),
+        Some(u) => u,
+    };
+    if let Some(dir) = url.strip_prefix("file://") {
+        if dir.is_empty() {
+            return Err(format!("--object-store {url}: no directory"));
+        }
+        return Ok(StoreConfig::Local(PathBuf::from(dir)));
+    }
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Err(format!("--object-store {url}: unknown scheme (use file://DIR or s3://BUCKET[/PREFIX])"));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!("--object-store {url}: no bucket"));
+    }
+    let prefix = prefix.trim_matches('/');
+    let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+    let endpoint = match &a.s3_endpoint {
+        Some(e) => e.clone(),
+        None => {
+            return Err("--object-store s3://: --s3-endpoint is required (this build speaks plain http to S3-compatible servers)".into())
+        }
+    };
+    let host = match endpoint.strip_prefix("http://") {
+        Some(h) => h.trim_end_matches('/'),
+        None if endpoint.starts_with("https://") => {
+            return Err(format!("--s3-endpoint {endpoint}: https is not supported yet; use http://"))
+        }
+        None => return Err(format!("--s3-endpoint {endpoint}: must start with http://")),
+    };
+    let (name, port) = match host.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => (h, p.to_string()),
+        _ if host.is_empty() || host.contains('/') => return Err(format!("--s3-endpoint {endpoint}: not an endpoint")),
+        _ => (host, "80".to_string()),
+    };
+    let literal = name.trim_start_matches('[').trim_end_matches(']');
+    let path_style = a.s3_path_style.unwrap_or(literal == "localhost" || literal.parse::<std::net::IpAddr>().is_ok());
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (Some(access_key), Some(secret_key)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) else {
+        return Err("--object-store s3://: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into());
+    };
+    if a.s3_max_attempts == 0 || a.s3_request_timeout_ms == 0 {
+        return Err("--s3-max-attempts and --s3-request-timeout-ms must be positive".into());
+    }
+    Ok(StoreConfig::S3(S3Options {
+        bucket: bucket.to_string(),
+        prefix,
+        endpoint: format!("{name}:{port}"),
+        region: a.s3_region.clone(),
+        path_style,
+        access_key,
+        secret_key,
+        session_token: env("AWS_SESSION_TOKEN"),
+        request_timeout: Duration::from_millis(a.s3_request_timeout_ms),
+        max_attempts: a.s3_max_attempts,
+    }))
 }

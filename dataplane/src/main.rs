@@ -58,7 +58,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => fail(e),
     };
-    if let Err(e) = store::prepare_dirs(&cfg.data_dir) {
+    if let Err(e) = check_store(&cfg.store) {
         fail(e);
     }
     for addr in std::iter::once(cfg.listen).chain(cfg.metrics_listen) {
@@ -73,7 +73,7 @@ fn main() {
     // share small enough that all of them fit under the limit.
     let io_memory = (6 << 20) / cores.max(1);
     let io_memory = io_memory.clamp(256 << 10, 2 << 20);
-    tracing::info!(listen = %cfg.listen, cores, controlplane = %cfg.controlplane, data_dir = %cfg.data_dir.display(), "data plane starting");
+    tracing::info!(listen = %cfg.listen, cores, controlplane = %cfg.controlplane, data_dir = %cfg.data_dir.display(), store = %cfg.store_name(), "data plane starting");
     if cfg.cache_bytes / cfg.cores < cfg.wal_flush_bytes {
         // A cold read brings in a partition's whole chunk of a WAL object (up to about
         // wal.flush.bytes); a shard's cache that cannot hold one evicts it before the next fetch
@@ -117,6 +117,28 @@ fn wait_until_free(addr: std::net::SocketAddr) -> std::io::Result<()> {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Prepares the local store's directories, or checks that the S3 bucket answers to these
+/// credentials (one listing, on a short-lived executor), so a bad store is one clear line.
+fn check_store(store: &config::StoreConfig) -> Result<(), String> {
+    match store {
+        config::StoreConfig::Local(root) => store::prepare_dirs(root),
+        config::StoreConfig::S3(opts) => {
+            let o = opts.clone();
+            let probe = glommio::LocalExecutorBuilder::default()
+                .name("sluice-s3-probe")
+                .spawn(move || async move {
+                    let s3 = store::s3::S3ObjectStore::new(o)?;
+                    s3.probe().await
+                })
+                .map_err(|e| format!("cannot start an executor: {e}"))?
+                .join()
+                .map_err(|e| format!("cannot start an executor: {e}"))?;
+            let url = format!("s3://{}/{}", opts.bucket, opts.prefix);
+            probe.map_err(|e| format!("object store {url} at http://{}: {e}", opts.endpoint))
         }
     }
 }

@@ -3,11 +3,13 @@
 //! shard 0, the `/metrics` endpoint, which gathers every shard's counters through the mesh.
 
 use crate::config::Config;
+use crate::config::StoreConfig;
 use crate::metrics::ShardMetrics;
 use crate::partition::{Partitions, Settings, SystemClock};
 use crate::rpc_client::RpcClient;
 use crate::shard::{Shard, ShardMsg, RPC_TIMEOUT};
-use crate::store::LocalObjectStore;
+use crate::store::s3::S3ObjectStore;
+use crate::store::{LocalObjectStore, ObjectStore};
 use bytes::Bytes;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::channels::local_channel;
@@ -21,10 +23,13 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
     let (senders, mut receivers) = mesh.join().await.map_err(|_| "channel mesh failed".to_string())?;
     let id = senders.peer_id();
     let rpc = RpcClient::new(cfg.controlplane.clone());
-    let store = {
-        let local = LocalObjectStore::new(&cfg.data_dir);
-        local.probe_device().await;
-        Rc::new(local)
+    let store: Rc<dyn ObjectStore> = match &cfg.store {
+        StoreConfig::Local(root) => {
+            let local = LocalObjectStore::new(root);
+            local.probe_device().await;
+            Rc::new(local)
+        }
+        StoreConfig::S3(opts) => Rc::new(S3ObjectStore::new(opts.clone()).map_err(|e| format!("S3 endpoint {}: {e}", opts.endpoint))?),
     };
     let metrics = Rc::new(ShardMetrics::default());
     let settings = Settings {

@@ -38,18 +38,18 @@ const OPEN_FOR_READ: usize = 32;
 
 /// Creates the store's directories; run once at start-up, before the shards, so a bad data
 /// directory is one clear error.
-pub fn prepare_dirs(data_dir: &Path) -> Result<(), String> {
-    for d in ["objects/wal", "objects/tmp", "objects/seg"] {
-        let p = data_dir.join(d);
-        std::fs::create_dir_all(&p).map_err(|e| format!("cannot use data directory {}: {e}", data_dir.display()))?;
+pub fn prepare_dirs(root: &Path) -> Result<(), String> {
+    for d in ["wal", "tmp", "seg"] {
+        let p = root.join(d);
+        std::fs::create_dir_all(&p).map_err(|e| format!("cannot use object directory {}: {e}", root.display()))?;
     }
     // Also the file each shard's first DMA read goes to (see `LocalObjectStore::probe_device`).
-    let probe = data_dir.join(PROBE_FILE);
-    std::fs::write(&probe, [0u8; 4096]).map_err(|e| format!("data directory {} is not writable: {e}", data_dir.display()))?;
+    let probe = root.join(PROBE_FILE);
+    std::fs::write(&probe, [0u8; 4096]).map_err(|e| format!("object directory {} is not writable: {e}", root.display()))?;
     Ok(())
 }
 
-const PROBE_FILE: &str = "objects/tmp/.iopoll-probe";
+const PROBE_FILE: &str = "tmp/.iopoll-probe";
 
 /// A segment being filled.
 struct Segment {
@@ -80,15 +80,15 @@ pub struct LocalObjectStore {
 }
 
 impl LocalObjectStore {
-    /// A store rooted at `data_dir/objects`.
-    pub fn new(data_dir: &Path) -> Self {
+    /// A store rooted at `root` (by default `DATA_DIR/objects`).
+    pub fn new(root: &Path) -> Self {
         // Absolute paths: glommio opens directories through io_uring, where a relative path
         // fails with EBADF.
-        let root = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         Self {
-            wal_dir: root.join("objects/wal"),
-            tmp_dir: root.join("objects/tmp"),
-            seg_dir: root.join("objects/seg"),
+            wal_dir: root.join("wal"),
+            tmp_dir: root.join("tmp"),
+            seg_dir: root.join("seg"),
             root,
             segments: Rc::default(),
             readers: RefCell::default(),
@@ -363,7 +363,7 @@ mod tests {
             let data = object(7, (SEGMENT_BYTES / 2 + 1) as usize);
             let key = store.put("big.wal", &data).await.expect("put");
             assert_eq!(key, "big.wal");
-            assert!(path.join("objects/wal/big.wal").exists());
+            assert!(path.join("wal/big.wal").exists());
             let tail = data.len() - 4096;
             assert_eq!(&store.get_range(&key, tail as u64, 4096).await.expect("read")[..], &data[tail..]);
             assert!(store.get_range("seg/nonexistent.seg@0", 0, 10).await.is_err());

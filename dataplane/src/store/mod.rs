@@ -2,6 +2,7 @@
 //! back from, its implementations, and the format of the keys the data plane asks for.
 //!
 //! - [`local`]: a directory on this machine (segment files on the shard's io_uring).
+//! - [`s3`]: a bucket of any S3-compatible server (hyper on the shard's executor, SigV4).
 //! - [`mem`]: in memory, for tests, with faults to inject.
 //!
 //! A store may keep an object under another key than the one asked for (the local store puts
@@ -10,9 +11,10 @@
 
 pub mod local;
 pub mod mem;
+pub mod s3;
 
 pub use local::{prepare_dirs, LocalObjectStore};
-#[allow(unused_imports)] // The data plane runs on the local store; tests run on this one.
+#[allow(unused_imports)] // The data plane runs on the local store or S3; tests run on this one.
 pub use mem::MemObjectStore;
 
 use bytes::BytesMut;
