@@ -13,6 +13,12 @@ DATA_DIR="${SLUICE_DATA_DIR:-./data}"
 LISTEN="${SLUICE_LISTEN:-127.0.0.1:9092}"
 RPC="${SLUICE_RPC_LISTEN:-127.0.0.1:9093}"
 
+if ! command -v protoc >/dev/null 2>&1; then
+    # The control plane's etcd client compiles etcd's protocol definitions when it is built.
+    echo "installing protobuf-compiler (needed to build)" >&2
+    if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+    "${SUDO[@]}" apt-get update >&2 && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y protobuf-compiler >&2
+fi
 cargo build --release --bins -p sluice-controlplane -p sluice-dataplane
 BIN="$CARGO_TARGET_DIR/release"
 

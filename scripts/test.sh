@@ -43,6 +43,14 @@ if ! command -v kcat >/dev/null 2>&1; then
     log "installing kcat"
     apt_install kcat
 fi
+if ! command -v protoc >/dev/null 2>&1; then
+    log "installing protobuf-compiler (etcd-client's build compiles etcd's protocol)"
+    apt_install protobuf-compiler
+fi
+if ! command -v etcd >/dev/null 2>&1; then
+    log "installing etcd-server"
+    apt_install etcd-server
+fi
 if ! command -v python3 >/dev/null 2>&1; then
     log "installing python3"
     apt_install python3 python3-venv

@@ -5,6 +5,7 @@ CARGO_TARGET_DIR defaulting to ~/.cache/sluice-target).
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,7 +83,41 @@ class ProcessDied(AssertionError):
 TOOLS_DIR = Path(os.environ.get("SLUICE_TOOLS_DIR") or os.path.expanduser("~/.cache/sluice-tools"))
 
 
-class S3Server:
+class ServerProcess:
+    """A server the tests start once (an S3 server, etcd): launched with its output in a log,
+    ready when its port accepts, stopped at the end."""
+
+    name = "server"
+
+    def __init__(self, log):
+        self.log = Path(log)
+        self.proc = None
+
+    def launch(self, cmd, port):
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise ProcessDied(f"{self.name} {describe_exit(self.proc.returncode)}; log tail:\n{tail(self.log)}")
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+
+        wait_until(ready, STARTUP_TIMEOUT, what=f"{self.name} to accept")
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class S3Server(ServerProcess):
     """A real S3-compatible server (s3s-fs, installed by scripts/s3-server.sh) on a free
     loopback port, checking SigV4 signatures; it keeps each object as a file under root/BUCKET."""
 
@@ -90,11 +125,12 @@ class S3Server:
     SECRET_KEY = "sluice-test-secret-key"
     BUCKET = "sluice-test"
 
+    name = "s3s-fs"
+
     def __init__(self, root):
         self.root = Path(root)
         self.port = free_port()
-        self.log = self.root.parent / "s3-server.log"
-        self.proc = None
+        super().__init__(self.root.parent / "s3-server.log")
 
     @property
     def endpoint(self):
@@ -108,35 +144,14 @@ class S3Server:
         if not exe.exists():
             pytest.fail(f"{exe} not found: run scripts/s3-server.sh --install", pytrace=False)
         (self.root / self.BUCKET).mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(exe), "--host", "127.0.0.1", "--port", str(self.port), "--access-key", self.ACCESS_KEY,
-                 "--secret-key", self.SECRET_KEY, str(self.root)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise ProcessDied(f"s3s-fs {describe_exit(self.proc.returncode)}; log tail:\n{tail(self.log)}")
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-
-        wait_until(ready, STARTUP_TIMEOUT, what="S3 server to accept")
-        return self
+        return self.launch([exe, "--host", "127.0.0.1", "--port", self.port, "--access-key", self.ACCESS_KEY,
+                            "--secret-key", self.SECRET_KEY, self.root], self.port)
 
     def objects(self, prefix=""):
         """Keys of the objects stored under prefix (read from the server's own directory)."""
         base = self.root / self.BUCKET
         return sorted(str(p.relative_to(base)) for p in base.rglob("*")
                       if p.is_file() and str(p.relative_to(base)).startswith(prefix) and not p.name.startswith("."))
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 def describe_exit(returncode):
@@ -149,14 +164,46 @@ def describe_exit(returncode):
     return f"exited with code {returncode}"
 
 
+class EtcdServer(ServerProcess):
+    """A real one-member etcd (Debian's etcd-server, installed by scripts/etcd.sh) on free
+    loopback ports, its data in a directory; each cluster keeps its keys under its own namespace."""
+
+    name = "etcd"
+
+    def __init__(self, data_dir):
+        self.data_dir = Path(data_dir)
+        self.port, self.peer_port = free_port(), free_port()
+        super().__init__(self.data_dir.parent / "etcd.log")
+
+    @property
+    def endpoint(self):
+        return f"127.0.0.1:{self.port}"
+
+    def start(self):
+        exe = shutil.which("etcd")
+        if exe is None:
+            pytest.fail("etcd not found: run scripts/etcd.sh --install", pytrace=False)
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        client = f"http://{self.endpoint}"
+        return self.launch(
+            [exe, "--name", "test", "--data-dir", self.data_dir, "--listen-client-urls", client,
+             "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"test={peer}", "--max-txn-ops", "16384", "--max-request-bytes", "16777216",
+             "--log-level", "warn"], self.port)
+
+
 class Sluice:
     """One control plane and one data plane on free loopback ports with a private data dir."""
 
-    def __init__(self, base_dir, cores=1, dataplane_args=(), controlplane_args=(), s3=None, s3_prefix=None):
+    def __init__(self, base_dir, cores=1, dataplane_args=(), controlplane_args=(), s3=None, s3_prefix=None,
+                 etcd=None, etcd_namespace=None):
         self.base_dir = Path(base_dir)
-        # With an S3Server, the data plane keeps its objects there, under s3_prefix.
+        # With an S3Server, the data plane keeps its objects there, under s3_prefix; with an
+        # EtcdServer, the control plane keeps its metadata there, under etcd_namespace.
         self.s3 = s3
         self.s3_prefix = s3_prefix
+        self.etcd = etcd
+        self.etcd_namespace = etcd_namespace
         self.cores = cores
         self.dataplane_args = [str(a) for a in dataplane_args]
         self.controlplane_args = [str(a) for a in controlplane_args]
@@ -183,8 +230,11 @@ class Sluice:
         return f"127.0.0.1:{self.rpc_port}"
 
     def controlplane_cmd(self):
+        meta = []
+        if self.etcd is not None:
+            meta = ["--metadata", f"etcd://{self.etcd.endpoint}/{self.etcd_namespace}"]
         return [binary(CONTROLPLANE), "--data-dir", str(self.cp_dir),
-                "--rpc-listen", self.rpc_addr, *self.controlplane_args]
+                "--rpc-listen", self.rpc_addr, *meta, *self.controlplane_args]
 
     def dataplane_cmd(self):
         store = []

@@ -11,22 +11,22 @@ Usage:
 
     def test_w(sluice_factory): a = sluice_factory(cores=2); b = sluice_factory(start=False)
 
-    @pytest.mark.each_backend                     # run once per object store: local, s3
+    @pytest.mark.each_backend                     # run once per back end: local+redb, s3+etcd
     def test_v(sluice): ...
 """
 
 import pytest
 
-from cluster import ProcessDied, S3Server, Sluice
+from cluster import EtcdServer, ProcessDied, S3Server, Sluice
 
-# The object stores a scenario marked `each_backend` runs on.
-BACKENDS = ["local", "s3"]
+# The back ends a scenario marked `each_backend` runs on: object store + metadata store.
+BACKENDS = ["local+redb", "s3+etcd"]
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sluice(cores=1, dataplane_args=(), controlplane_args=()): "
                                        "options for the `sluice` fixture")
-    config.addinivalue_line("markers", "each_backend: run the test once per object store (local, s3)")
+    config.addinivalue_line("markers", "each_backend: run the test once per back end (local+redb, s3+etcd)")
 
 
 def pytest_generate_tests(metafunc):
@@ -36,14 +36,23 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def backend(request):
-    """The object store of the test's clusters: "local" unless the test is marked each_backend."""
-    return getattr(request, "param", "local")
+    """The back end of the test's clusters, "OBJECTS+METADATA": local+redb unless the test is
+    marked each_backend or parametrizes it."""
+    return getattr(request, "param", "local+redb")
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One S3-compatible server for the whole session; each cluster uses its own key prefix."""
     server = S3Server(tmp_path_factory.mktemp("s3") / "root").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory):
+    """One etcd for the whole session; each cluster keeps its keys under its own namespace."""
+    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
     yield server
     server.stop()
 
@@ -63,12 +72,15 @@ def sluice_factory(request, tmp_path, backend):
     """Returns make(cores=1, dataplane_args=(), controlplane_args=(), start=True) -> Sluice."""
     clusters = []
     request.node._sluice_clusters = clusters
-    s3 = request.getfixturevalue("s3_server") if backend == "s3" else None
+    objects, metadata = backend.split("+")
+    s3 = request.getfixturevalue("s3_server") if objects == "s3" else None
+    etcd = request.getfixturevalue("etcd_server") if metadata == "etcd" else None
 
     def make(cores=1, dataplane_args=(), controlplane_args=(), start=True):
         name = f"cluster{len(clusters)}"
         cluster = Sluice(tmp_path / name, cores=cores, dataplane_args=dataplane_args,
-                         controlplane_args=controlplane_args, s3=s3, s3_prefix=f"{tmp_path.name}/{name}")
+                         controlplane_args=controlplane_args, s3=s3, s3_prefix=f"{tmp_path.name}/{name}",
+                         etcd=etcd, etcd_namespace=f"{tmp_path.name}/{name}")
         clusters.append(cluster)
         if start:
             cluster.start()

@@ -6,6 +6,7 @@ acks=all produce load, restart, keep producing, then prove that
   * offsets are dense from 0 in every partition.
 """
 
+import shutil
 import signal
 import threading
 
@@ -99,9 +100,20 @@ def crash(sluice, victim):
         sluice.kill_controlplane(signal.SIGKILL)
 
 
+def wipe(directory):
+    shutil.rmtree(directory)
+    directory.mkdir()
+
+
 def restart(sluice, victim):
+    # On S3 and etcd a process keeps nothing on its disk that matters: it restarts with its data
+    # directory gone.
     if victim in ("controlplane", "both"):
+        if sluice.etcd is not None:
+            wipe(sluice.cp_dir)
         sluice.start_controlplane()
+    if victim in ("dataplane", "both") and sluice.s3 is not None:
+        wipe(sluice.dp_dir)
     if victim in ("dataplane", "both"):
         sluice.start_dataplane()
 

@@ -17,7 +17,7 @@ from test_startup import controlplane_addr  # noqa: F401 - a fixture role_comman
 PARTITIONS = 3
 
 
-@pytest.mark.parametrize("backend", ["s3"], indirect=True)
+@pytest.mark.parametrize("backend", ["s3+redb"], indirect=True)
 def test_objects_live_in_the_bucket_and_nowhere_else(sluice_factory, s3_server):
     sluice = sluice_factory(cores=2)
     topic = unique("s3")

@@ -25,6 +25,11 @@ struct Args {
     /// Data directory: holds the embedded metadata store (meta.redb).
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// The metadata store: `redb://PATH` (an embedded file; default DATA_DIR/meta.redb) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE]` (an etcd cluster, shared by every control
+    /// plane; keys under /NAMESPACE when given, so clusters can share an etcd).
+    #[arg(long, env = "SLUICE_METADATA")]
+    metadata: Option<String>,
     /// Address the internal protocol listens on (data planes connect here).
     #[arg(long, env = "SLUICE_RPC_LISTEN", default_value = "127.0.0.1:9093")]
     rpc_listen: String,
@@ -85,9 +90,36 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("cannot create data directory {}: {e}", args.data_dir.display()))?;
-    let path = args.data_dir.join("meta.redb");
-    let store = meta::RedbMetaStore::open(&path).map_err(|e| format!("cannot open metadata store: {e}"))?;
+    let url = match &args.metadata {
+        Some(u) => u.clone(),
+        None => format!("redb://{}", args.data_dir.join("meta.redb").display()),
+    };
+    if let Some(path) = url.strip_prefix("redb://") {
+        let path = std::path::Path::new(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        }
+        let store = meta::RedbMetaStore::open(path).map_err(|e| format!("cannot open metadata store: {e}"))?;
+        serve(args, url, store).await
+    } else if let Some(rest) = url.strip_prefix("etcd://") {
+        let (list, namespace) = match rest.split_once('/') {
+            Some((l, ns)) if !ns.trim_matches('/').is_empty() => (l, format!("/{}", ns.trim_matches('/'))),
+            Some((l, _)) => (l, String::new()),
+            None => (rest, String::new()),
+        };
+        let endpoints: Vec<String> =
+            list.split(',').map(|e| e.trim().trim_end_matches('/').to_string()).filter(|e| !e.is_empty()).collect();
+        if endpoints.is_empty() || endpoints.iter().any(|e| !e.contains(':')) {
+            return Err(format!("--metadata {url}: list etcd endpoints as HOST:PORT[,HOST:PORT...]"));
+        }
+        let store = meta::EtcdMetaStore::connect(&endpoints, &namespace).await.map_err(|e| format!("cannot reach etcd at {list}: {e}"))?;
+        serve(args, url, store).await
+    } else {
+        Err(format!("--metadata {url}: unknown scheme (use redb://PATH or etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE])"))
+    }
+}
+
+async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) -> Result<(), String> {
     let ctl = controller::Controller::start(store).await.map_err(|e| format!("cannot start controller: {e}"))?;
     let group_cfg = groups::GroupConfig {
         min_session_timeout: Duration::from_millis(args.group_min_session_timeout_ms),
@@ -105,7 +137,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     tracing::info!(
         rpc = %args.rpc_listen,
-        data_dir = %args.data_dir.display(),
+        metadata = %url,
         epoch = ctl.shared.epoch,
         cluster_id = %ctl.shared.cluster_id,
         "control plane ready"

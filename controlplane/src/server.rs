@@ -53,6 +53,7 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
         }
     });
     let mut session: Option<SessionId> = None;
+    let mut lost = ctl.shared.store.lost_sessions();
     let mut order = ConnOrder::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let result = loop {
@@ -62,7 +63,16 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
                 env
             }
             Ok(None) => {
-                if rd.read_buf(&mut buf).await? == 0 {
+                let read = tokio::select! {
+                    n = rd.read_buf(&mut buf) => n?,
+                    s = lost_session(&mut lost, session) => {
+                        // Its registration is gone with the session: closing the connection
+                        // makes the data plane connect and register again.
+                        session = None;
+                        break Err(anyhow::anyhow!("metadata session {s} lost; the data plane must register again"));
+                    }
+                };
+                if read == 0 {
                     break Ok(());
                 }
                 continue;
@@ -120,6 +130,17 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
     drop(out_tx);
     let _ = writer.await;
     result
+}
+
+/// Waits until `session` (once there is one) is reported lost.
+async fn lost_session(lost: &mut broadcast::Receiver<SessionId>, session: Option<SessionId>) -> SessionId {
+    loop {
+        match lost.recv().await {
+            Ok(s) if Some(s) == session => return s,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            _ => {}
+        }
+    }
 }
 
 /// The order of each Kafka connection's forwarded requests: every request waits for the one

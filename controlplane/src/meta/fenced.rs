@@ -58,6 +58,11 @@ impl<M: MetaStore> Fenced<M> {
         self.store.close_session(session).await
     }
 
+    /// Sessions that ended without being closed.
+    pub fn lost_sessions(&self) -> tokio::sync::broadcast::Receiver<SessionId> {
+        self.store.lost_sessions()
+    }
+
     /// Write transactions this process committed (for `/metrics`).
     pub fn transactions(&self) -> u64 {
         self.store.transactions()

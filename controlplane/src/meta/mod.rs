@@ -7,9 +7,11 @@
 //! has taken over, it sees the store only through [`Fenced`], whose every write carries its
 //! epoch.
 
+mod etcd_store;
 mod fenced;
 mod redb_store;
 
+pub use etcd_store::EtcdMetaStore;
 pub use fenced::Fenced;
 pub use redb_store::RedbMetaStore;
 
@@ -95,6 +97,9 @@ pub trait MetaStore: Send + Sync + 'static {
     fn open_session(&self) -> impl Future<Output = MetaResult<SessionId>> + Send;
     /// Ends a session, deleting its ephemeral keys.
     fn close_session(&self, session: SessionId) -> impl Future<Output = MetaResult<()>> + Send;
+    /// Sessions that ended without being closed (their ephemeral keys are gone): whoever put
+    /// keys under one must put them again under a new session.
+    fn lost_sessions(&self) -> tokio::sync::broadcast::Receiver<SessionId>;
     /// Changes after `from_revision`, in revision order, then live changes. Part of the Oxia
     /// contract (a standby control plane follows the leader's writes with it); the single-node
     /// control plane pushes its own changes directly and does not call it yet.
@@ -117,6 +122,11 @@ pub trait MetaStore: Send + Sync + 'static {
 /// The key layout under `/sluice/v1/`.
 pub mod keys {
     const ROOT: &str = "/sluice/v1/";
+
+    /// The prefix of every key.
+    pub fn root() -> &'static str {
+        ROOT
+    }
 
     /// The control plane epoch (fences commits of a deposed control plane).
     pub fn epoch() -> String {
@@ -204,5 +214,48 @@ pub mod keys {
     }
     fn unescape(g: &str) -> Option<String> {
         Some(g.replace("%2F", "/").replace("%25", "%"))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A key under the root, as every key Sluice writes is.
+    pub(crate) fn k(name: &str) -> String {
+        format!("{}test/{name}", keys::root())
+    }
+
+    /// What every metadata store must do; run by each implementation's tests on a fresh store.
+    pub(crate) async fn contract<M: MetaStore>(store: &M) {
+        let mut watch = store.watch(0).unwrap();
+        let v1 = store.put(&k("a"), Bytes::from_static(b"1"), None).await.unwrap();
+        assert!(matches!(store.put(&k("a"), Bytes::from_static(b"x"), None).await, Err(MetaError::ConditionFailed)));
+        let v2 = store.put(&k("a"), Bytes::from_static(b"2"), Some(v1)).await.unwrap();
+        assert!(v2 > v1);
+        assert_eq!(store.get(&k("a")).await.unwrap().map(|v| (v.value, v.version)), Some((Bytes::from_static(b"2"), v2)));
+        assert!(matches!(store.put(&k("a"), Bytes::from_static(b"3"), Some(v1)).await, Err(MetaError::ConditionFailed)));
+        store
+            .txn(vec![Cond::Absent(k("b"))], vec![Op::Put(k("b"), Bytes::from_static(b"b")), Op::Put(k("c"), Bytes::from_static(b"c"))])
+            .await
+            .unwrap();
+        let keys: Vec<String> = store.range(&k("a"), &k("z"), 10).await.unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [k("a"), k("b"), k("c")]);
+        assert_eq!(store.range(&k("a"), &k("z"), 2).await.unwrap().len(), 2);
+        // A failed condition applies nothing.
+        let failed = store.txn(vec![Cond::Absent(k("a"))], vec![Op::Delete(k("b"))]).await;
+        assert!(matches!(failed, Err(MetaError::ConditionFailed)));
+        assert!(store.get(&k("b")).await.unwrap().is_some());
+        store.txn(vec![], vec![Op::DeleteRange(k("b"), k("c0"))]).await.unwrap();
+        assert!(store.get(&k("b")).await.unwrap().is_none() && store.get(&k("c")).await.unwrap().is_none());
+        let first = watch.recv().await.unwrap();
+        assert_eq!((first.key, first.revision, first.value), (k("a"), v1, Some(Bytes::from_static(b"1"))));
+
+        let s = store.open_session().await.unwrap();
+        store.txn(vec![], vec![Op::PutEphemeral(k("e"), Bytes::from_static(b"e"), s)]).await.unwrap();
+        assert!(store.get(&k("e")).await.unwrap().is_some());
+        store.close_session(s).await.unwrap();
+        assert!(store.get(&k("e")).await.unwrap().is_none());
+        assert!(store.transactions() >= 4);
     }
 }

@@ -33,6 +33,7 @@ pub struct RedbMetaStore {
 
 struct Inner {
     db: Database,
+    never_lost: tokio::sync::broadcast::Sender<SessionId>,
     transactions: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
 }
@@ -90,7 +91,14 @@ impl RedbMetaStore {
             w.commit().map_err(backend)?;
         }
         let state = State { next_session: 1, revision, ..State::default() };
-        Ok(Self { inner: Arc::new(Inner { db, transactions: Default::default(), state: Mutex::new(state) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                never_lost: tokio::sync::broadcast::channel(1).0,
+                transactions: Default::default(),
+                state: Mutex::new(state),
+            }),
+        })
     }
 
     fn apply(&self, conds: Vec<Cond>, ops: Vec<Op>) -> MetaResult<u64> {
@@ -227,6 +235,11 @@ impl MetaStore for RedbMetaStore {
         .await
     }
 
+    fn lost_sessions(&self) -> tokio::sync::broadcast::Receiver<SessionId> {
+        // A session lives as long as this process: none is ever lost.
+        self.inner.never_lost.subscribe()
+    }
+
     fn transactions(&self) -> u64 {
         self.inner.transactions.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -251,37 +264,11 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn cas_txn_range_watch_and_sessions() {
+    async fn keeps_the_metadata_store_contract_and_forgets_sessions_on_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.redb");
         let store = RedbMetaStore::open(&path).unwrap();
-        let mut watch = store.watch(0).unwrap();
-        let v1 = store.put("a", Bytes::from_static(b"1"), None).await.unwrap();
-        assert!(matches!(store.put("a", Bytes::from_static(b"x"), None).await, Err(MetaError::ConditionFailed)));
-        let v2 = store.put("a", Bytes::from_static(b"2"), Some(v1)).await.unwrap();
-        assert!(v2 > v1);
-        assert!(matches!(store.put("a", Bytes::from_static(b"3"), Some(v1)).await, Err(MetaError::ConditionFailed)));
-        store
-            .txn(
-                vec![Cond::Absent("b".into())],
-                vec![Op::Put("b".into(), Bytes::from_static(b"b")), Op::Put("c".into(), Bytes::from_static(b"c"))],
-            )
-            .await
-            .unwrap();
-        let keys: Vec<String> = store.range("a", "z", 10).await.unwrap().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["a", "b", "c"]);
-        assert_eq!(store.range("a", "z", 2).await.unwrap().len(), 2);
-        // A failed condition applies nothing.
-        let failed = store.txn(vec![Cond::Absent("a".into())], vec![Op::Delete("b".into())]).await;
-        assert!(matches!(failed, Err(MetaError::ConditionFailed)));
-        assert!(store.get("b").await.unwrap().is_some());
-        assert_eq!(watch.recv().await.unwrap().key, "a");
-
-        let s = store.open_session().await.unwrap();
-        store.txn(vec![], vec![Op::PutEphemeral("e".into(), Bytes::from_static(b"e"), s)]).await.unwrap();
-        assert!(store.get("e").await.unwrap().is_some());
-        store.close_session(s).await.unwrap();
-        assert!(store.get("e").await.unwrap().is_none());
+        super::super::tests::contract(&store).await;
 
         // Ephemeral keys of a dead process are gone after reopening; persistent ones stay.
         let s = store.open_session().await.unwrap();
@@ -289,6 +276,6 @@ mod tests {
         drop(store);
         let store = RedbMetaStore::open(&path).unwrap();
         assert!(store.get("e").await.unwrap().is_none());
-        assert_eq!(store.get("a").await.unwrap().unwrap().value, Bytes::from_static(b"2"));
+        assert_eq!(store.get(&super::super::tests::k("a")).await.unwrap().unwrap().value, Bytes::from_static(b"2"));
     }
 }
