@@ -204,6 +204,8 @@ class Sluice:
         self.s3_prefix = s3_prefix
         self.etcd = etcd
         self.etcd_namespace = etcd_namespace
+        # RPC addresses of standby control planes a test started; data planes are told of them.
+        self.standby_rpc = []
         self.cores = cores
         self.dataplane_args = [str(a) for a in dataplane_args]
         self.controlplane_args = [str(a) for a in controlplane_args]
@@ -241,7 +243,7 @@ class Sluice:
         if self.s3 is not None:
             store = ["--object-store", f"s3://{self.s3.BUCKET}/{self.s3_prefix}", "--s3-endpoint", self.s3.endpoint]
         return [binary(DATAPLANE), "--data-dir", str(self.dp_dir),
-                "--controlplane", self.rpc_addr, "--listen", self.bootstrap,
+                "--controlplane", ",".join([self.rpc_addr, *self.standby_rpc]), "--listen", self.bootstrap,
                 "--cores", str(self.cores), *store, *self.dataplane_args]
 
     def env(self):

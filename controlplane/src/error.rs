@@ -21,6 +21,9 @@ pub enum Error {
     /// The metadata store failed or refused a write of the group coordinator.
     #[error("group coordinator: {0}")]
     Coordinator(MetaError),
+    /// This control plane stands by; the leader listens at this address (empty: not known yet).
+    #[error("standing by; the leader is {0:?}")]
+    Standby(String),
     /// The control plane is shutting down.
     #[error("control plane stopping")]
     Stopping,
@@ -38,7 +41,7 @@ impl Error {
         use ResponseError as R;
         match self {
             // Another control plane took over (or is taking over): ask it instead.
-            Error::Meta(MetaError::ConditionFailed | MetaError::Fenced) | Error::Stopping => R::NotController,
+            Error::Meta(MetaError::ConditionFailed | MetaError::Fenced) | Error::Stopping | Error::Standby(_) => R::NotController,
             Error::Meta(MetaError::Backend(_) | MetaError::Compacted(_)) => R::KafkaStorageError,
             // Retriable for every group API: the client finds the coordinator again.
             Error::Coordinator(_) => R::CoordinatorNotAvailable,
@@ -63,6 +66,7 @@ mod tests {
             (Error::Meta(MetaError::Fenced), 41, true),
             (Error::Meta(MetaError::ConditionFailed), 41, true),
             (Error::Stopping, 41, true),
+            (Error::Standby("10.0.0.1:9093".into()), 41, true),
             (Error::Meta(MetaError::Backend("disk gone".into())), 56, true),
             (Error::Meta(MetaError::Compacted(7)), 56, true),
             (Error::Coordinator(MetaError::Fenced), 15, true),

@@ -8,6 +8,7 @@
 //! ```
 
 mod controller;
+mod election;
 mod error;
 mod groups;
 mod meta;
@@ -16,6 +17,7 @@ mod server;
 
 use clap::Parser;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Sluice control plane.
@@ -33,6 +35,10 @@ struct Args {
     /// Address the internal protocol listens on (data planes connect here).
     #[arg(long, env = "SLUICE_RPC_LISTEN", default_value = "127.0.0.1:9093")]
     rpc_listen: String,
+    /// The RPC address data planes are sent to when this control plane leads (default: the
+    /// listen address). Each control plane sharing a metadata store needs its own.
+    #[arg(long, env = "SLUICE_ADVERTISED_RPC")]
+    advertised_rpc: Option<String>,
     /// Address of the Prometheus `/metrics` endpoint (off when not given).
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -120,7 +126,23 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) -> Result<(), String> {
-    let ctl = controller::Controller::start(store).await.map_err(|e| format!("cannot start controller: {e}"))?;
+    let listener =
+        Arc::new(tokio::net::TcpListener::bind(&args.rpc_listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.rpc_listen))?);
+    let metrics_listener = match &args.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?),
+        None => None,
+    };
+    // Stand by (answering data planes with the leader's address) until this one leads.
+    let me = args.advertised_rpc.clone().unwrap_or_else(|| args.rpc_listen.clone());
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(String::new());
+    let lost = store.lost_sessions();
+    let standby = tokio::spawn(server::serve_standby(listener.clone(), leader_rx));
+    let session = tokio::select! {
+        s = election::campaign(&store, &me, &leader_tx) => s.map_err(|e| format!("cannot campaign for leadership: {e}"))?,
+        _ = shutdown() => return Ok(()),
+    };
+    standby.abort();
+    let ctl = controller::Controller::start(store.clone()).await.map_err(|e| format!("cannot start controller: {e}"))?;
     let group_cfg = groups::GroupConfig {
         min_session_timeout: Duration::from_millis(args.group_min_session_timeout_ms),
         initial_rebalance_delay: Duration::from_millis(args.group_initial_rebalance_delay_ms),
@@ -129,23 +151,24 @@ async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) ->
         ..Default::default()
     };
     let coordinator = groups::Coordinator::start(ctl.shared.clone(), group_cfg).await.map_err(|e| format!("cannot load groups: {e}"))?;
-    let listener =
-        tokio::net::TcpListener::bind(&args.rpc_listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.rpc_listen))?;
-    if let Some(addr) = &args.metrics_listen {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    if let Some(l) = metrics_listener {
         tokio::spawn(metrics::serve(l, ctl.clone(), coordinator.clone()));
     }
     tracing::info!(
         rpc = %args.rpc_listen,
+        advertised = %me,
         metadata = %url,
         epoch = ctl.shared.epoch,
         cluster_id = %ctl.shared.cluster_id,
-        "control plane ready"
+        "control plane ready (leading)"
     );
     tokio::select! {
         r = server::serve(listener, ctl, coordinator) => r.map_err(|e| format!("listener failed: {e}")),
+        _ = election::lost(lost, session) => Err("lost leadership (the metadata store did not hear from this control plane in time); exiting".into()),
         _ = shutdown() => {
             tracing::info!("control plane stopping");
+            // Hands leadership over at once instead of after the session's TTL.
+            let _ = store.close_session(session).await;
             Ok(())
         }
     }

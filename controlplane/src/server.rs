@@ -17,8 +17,37 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+/// Answers data planes while this control plane stands by: every request gets NOT_CONTROLLER
+/// and the leader's address, then the connection closes (the data plane goes to the leader).
+pub async fn serve_standby(listener: Arc<TcpListener>, leader: tokio::sync::watch::Receiver<String>) -> std::io::Result<()> {
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let leader = leader.borrow().clone();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(4096);
+            let env = loop {
+                match decode_frame(&buf, MAX_FRAME) {
+                    Ok(Some((env, _))) => break env,
+                    Ok(None) => match tokio::io::AsyncReadExt::read_buf(&mut sock, &mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    Err(_) => return,
+                }
+            };
+            let e = Error::Standby(leader.clone());
+            let reply = Body::Failed(Failed { error: e.rpc_code(), message: e.to_string(), leader });
+            let _ = sock.write_all(&encode_frame(&Envelope { request_id: env.request_id, body: Some(reply) })).await;
+        });
+    }
+}
+
 /// Accepts data plane connections until the listener fails.
-pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<M>, groups: Arc<Coordinator<M>>) -> std::io::Result<()> {
+pub async fn serve<M: MetaStore + Clone>(
+    listener: Arc<TcpListener>,
+    ctl: Controller<M>,
+    groups: Arc<Coordinator<M>>,
+) -> std::io::Result<()> {
     loop {
         let (sock, peer) = listener.accept().await?;
         let _ = sock.set_nodelay(true);
@@ -192,7 +221,7 @@ async fn send(out: &mpsc::Sender<Arc<Vec<u8>>>, request_id: u64, body: Body) {
 }
 
 fn failed(e: &Error) -> Body {
-    Body::Failed(Failed { error: e.rpc_code(), message: e.to_string() })
+    Body::Failed(Failed { error: e.rpc_code(), message: e.to_string(), leader: String::new() })
 }
 
 async fn register<M: MetaStore + Clone>(

@@ -38,7 +38,8 @@ pub struct Args {
     /// exponential backoff and jitter) before it fails.
     #[arg(long, env = "SLUICE_S3_MAX_ATTEMPTS", default_value_t = 6)]
     pub s3_max_attempts: u32,
-    /// Control plane internal-protocol address.
+    /// Control plane internal-protocol address; with several control planes, every one of them
+    /// (`HOST:PORT,HOST:PORT`): standbys send the data plane to the leader.
     #[arg(long, env = "SLUICE_CONTROLPLANE", default_value = "127.0.0.1:9093")]
     pub controlplane: String,
     /// Kafka listener address.
@@ -106,7 +107,7 @@ pub enum StoreConfig {
 pub struct Config {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
-    pub controlplane: String,
+    pub controlplane: Vec<String>,
     pub listen: SocketAddr,
     pub advertised_host: String,
     pub node_id: i32,
@@ -128,8 +129,9 @@ impl Config {
     pub fn from_args(a: Args) -> Result<Self, String> {
         let listen =
             a.listen.to_socket_addrs().ok().and_then(|mut it| it.next()).ok_or_else(|| format!("--listen {}: not an address", a.listen))?;
-        if a.controlplane.to_socket_addrs().ok().and_then(|mut it| it.next()).is_none() {
-            return Err(format!("--controlplane {}: not an address", a.controlplane));
+        let controlplane: Vec<String> = a.controlplane.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+        if controlplane.is_empty() || controlplane.iter().any(|c| c.to_socket_addrs().ok().and_then(|mut it| it.next()).is_none()) {
+            return Err(format!("--controlplane {}: not an address (HOST:PORT[,HOST:PORT...])", a.controlplane));
         }
         let metrics_listen = match &a.metrics_listen {
             None => None,
@@ -154,7 +156,7 @@ impl Config {
         Ok(Config {
             store,
             data_dir: a.data_dir,
-            controlplane: a.controlplane,
+            controlplane,
             listen,
             advertised_host,
             node_id: a.node_id,

@@ -73,7 +73,7 @@ fn main() {
     // share small enough that all of them fit under the limit.
     let io_memory = (6 << 20) / cores.max(1);
     let io_memory = io_memory.clamp(256 << 10, 2 << 20);
-    tracing::info!(listen = %cfg.listen, cores, controlplane = %cfg.controlplane, data_dir = %cfg.data_dir.display(), store = %cfg.store_name(), "data plane starting");
+    tracing::info!(listen = %cfg.listen, cores, controlplane = %cfg.controlplane.join(","), data_dir = %cfg.data_dir.display(), store = %cfg.store_name(), "data plane starting");
     if cfg.cache_bytes / cfg.cores < cfg.wal_flush_bytes {
         // A cold read brings in a partition's whole chunk of a WAL object (up to about
         // wal.flush.bytes); a shard's cache that cannot hold one evicts it before the next fetch

@@ -6,6 +6,7 @@ use futures::channel::oneshot;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
+use kafka_protocol::error::ResponseError;
 use sluice_rpc::{body::Body, decode_frame, encode_frame, Envelope, Register, Registered, MAX_FRAME};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +28,12 @@ pub enum Event {
 
 /// The client. Lives on one shard.
 pub struct RpcClient {
-    addr: String,
+    /// Every control plane's address; one leads, the others send data planes to it.
+    addrs: Vec<String>,
+    /// Where the next connection goes: a standby named the leader, or the next in `addrs`.
+    target: RefCell<String>,
+    /// Turns through `addrs` when nothing better is known.
+    next_addr: Cell<usize>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Body>>>,
     next_id: Cell<u64>,
     out: RefCell<Option<Rc<LocalSender<Vec<u8>>>>>,
@@ -45,10 +51,13 @@ pub struct RpcClient {
 }
 
 impl RpcClient {
-    /// A client for the control plane at `addr`; call [`RpcClient::run`] to connect.
-    pub fn new(addr: String) -> Rc<Self> {
+    /// A client for the control planes at `addrs` (at least one); call [`RpcClient::run`] to
+    /// connect.
+    pub fn new(addrs: Vec<String>) -> Rc<Self> {
         Rc::new(Self {
-            addr,
+            target: RefCell::new(addrs[0].clone()),
+            next_addr: Cell::new(0),
+            addrs,
             pending: RefCell::default(),
             next_id: Cell::new(1),
             out: RefCell::default(),
@@ -158,15 +167,17 @@ impl RpcClient {
     pub async fn run(self: Rc<Self>, register: Register, events: Rc<LocalSender<Event>>) {
         let mut logged_down = false;
         loop {
-            let stream = match TcpStream::connect(self.addr.as_str()).await {
+            let addr = self.target.borrow().clone();
+            let stream = match TcpStream::connect(addr.as_str()).await {
                 Ok(s) => s,
                 Err(e) => {
                     self.refused
                         .set(matches!(&e, glommio::GlommioError::IoError(io) if io.kind() == std::io::ErrorKind::ConnectionRefused));
                     if !logged_down && register.shard == 0 {
-                        tracing::warn!(addr = %self.addr, error = %e, "control plane unreachable; retrying");
+                        tracing::warn!(%addr, error = %e, "control plane unreachable; retrying");
                         logged_down = true;
                     }
+                    self.try_next();
                     glommio::timer::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -227,9 +238,22 @@ impl RpcClient {
                     self.ready.set(true);
                     self.ready_changed.notify_all();
                     if register.shard == 0 {
-                        tracing::info!(addr = %self.addr, "connected to control plane");
+                        tracing::info!(%addr, "connected to control plane");
                     }
                     reader.await;
+                    // The leader went away: try the others (one of them will lead, or say who does).
+                    self.try_next();
+                }
+                Ok(Body::Failed(f)) if !f.leader.is_empty() || f.error == i32::from(ResponseError::NotController.code()) => {
+                    // A standby: go where it says the leader is, or to the next control plane.
+                    if f.leader.is_empty() || f.leader == addr {
+                        self.try_next();
+                    } else {
+                        *self.target.borrow_mut() = f.leader.clone();
+                    }
+                    if register.shard == 0 {
+                        tracing::info!(standby = %addr, leader = %f.leader, "control plane stands by; going to the leader");
+                    }
                 }
                 Ok(other) => {
                     self.refused.set(true);
@@ -247,10 +271,17 @@ impl RpcClient {
             }
             let _ = writer.await;
             if register.shard == 0 {
-                tracing::warn!(addr = %self.addr, "lost control plane connection; reconnecting");
+                tracing::warn!(%addr, "lost control plane connection; reconnecting");
             }
             glommio::timer::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Aims the next connection at the next control plane of the list.
+    fn try_next(&self) {
+        let i = (self.next_addr.get() + 1) % self.addrs.len();
+        self.next_addr.set(i);
+        *self.target.borrow_mut() = self.addrs[i].clone();
     }
 
     async fn dispatch(&self, env: Envelope, events: &LocalSender<Event>) {

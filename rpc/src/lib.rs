@@ -571,6 +571,9 @@ pub struct Failed {
     /// Why.
     #[prost(string, tag = "2")]
     pub message: String,
+    /// From a standby control plane: where the leader listens (`host:port`), when it knows.
+    #[prost(string, tag = "3")]
+    pub leader: String,
 }
 
 /// Ask for a new, never used producer id.

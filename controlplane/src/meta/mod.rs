@@ -132,6 +132,10 @@ pub mod keys {
     pub fn epoch() -> String {
         format!("{ROOT}cluster/epoch")
     }
+    /// The leading control plane's RPC address, on its session (the election).
+    pub fn leader() -> String {
+        format!("{ROOT}cluster/leader")
+    }
     /// Cluster id.
     pub fn cluster_id() -> String {
         format!("{ROOT}cluster/id")
@@ -179,6 +183,10 @@ pub mod keys {
     /// A committed WAL object, with the offsets its commit assigned.
     pub fn wal_object(object_key: &str) -> String {
         format!("{ROOT}wal/objects/{object_key}")
+    }
+    /// Range of every committed-WAL-object record.
+    pub fn wal_objects() -> (String, String) {
+        (format!("{ROOT}wal/objects/"), format!("{ROOT}wal/objects0"))
     }
     /// Every key of every group.
     pub fn groups() -> (String, String) {
