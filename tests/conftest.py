@@ -69,14 +69,15 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def sluice_factory(request, tmp_path, backend):
-    """Returns make(cores=1, dataplane_args=(), controlplane_args=(), start=True) -> Sluice."""
+    """Returns make(cores=1, dataplane_args=(), controlplane_args=(), start=True, s3=...) -> Sluice
+    (s3: an S3 server other than the back end's, e.g. one behind a proxy)."""
     clusters = []
     request.node._sluice_clusters = clusters
     objects, metadata = backend.split("+")
     s3 = request.getfixturevalue("s3_server") if objects == "s3" else None
     etcd = request.getfixturevalue("etcd_server") if metadata == "etcd" else None
 
-    def make(cores=1, dataplane_args=(), controlplane_args=(), start=True):
+    def make(cores=1, dataplane_args=(), controlplane_args=(), start=True, s3=s3):
         name = f"cluster{len(clusters)}"
         cluster = Sluice(tmp_path / name, cores=cores, dataplane_args=dataplane_args,
                          controlplane_args=controlplane_args, s3=s3, s3_prefix=f"{tmp_path.name}/{name}",

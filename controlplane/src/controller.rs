@@ -18,10 +18,20 @@ use sluice_rpc::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Most partitions one topic may have (a guard against requests that would allocate millions).
 pub const MAX_PARTITIONS: i32 = 100_000;
+/// How long the record of a committed WAL object (`wal/objects/<key>`, which answers a retried
+/// commit with its first offsets) is kept. A data plane retries a commit for at most a minute
+/// (its commit deadline), so ten minutes leave a wide margin; after that the record is deleted
+/// and the metadata kept per object produced stays bounded.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(600);
+/// How often expired records are deleted (at most; a tenth of the window when that is less).
+const DEDUP_SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Most deletes in one transaction of a sweep.
+const DEDUP_SWEEP_BATCH: usize = 100;
 /// Most commits folded into one metadata transaction.
 const GROUP_COMMIT_MAX: usize = 256;
 
@@ -69,6 +79,11 @@ impl<M: MetaStore + Clone> Controller<M> {
     /// Takes over the store: bumps the epoch (fencing any older control plane), loads topics and
     /// watermarks, and starts the actor.
     pub async fn start(store: M) -> Result<Self, MetaError> {
+        Self::start_with(store, DEDUP_WINDOW).await
+    }
+
+    /// [`Controller::start`] keeping committed-object records for `dedup_window`.
+    pub async fn start_with(store: M, dedup_window: Duration) -> Result<Self, MetaError> {
         let (epoch, epoch_version) = loop {
             let current = store.get(&keys::epoch()).await?;
             let (next, expected) = match &current {
@@ -117,6 +132,20 @@ impl<M: MetaStore + Clone> Controller<M> {
                 }
             }
         }
+        // Records of objects committed before this control plane took over: kept one window
+        // from now (when each was written is not recorded).
+        let mut recent = RecentObjects { window: dedup_window, ..Default::default() };
+        let (mut from, end) = keys::wal_objects();
+        loop {
+            let page = store.range(&from, &end, 10_000).await?;
+            let Some((last, _)) = page.last() else { break };
+            from = format!("{last}\0");
+            let full = page.len() == 10_000;
+            recent.expiring.extend(page.into_iter().map(|(k, _)| (Instant::now(), k)));
+            if !full {
+                break;
+            }
+        }
         let (notify, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             store: Fenced::new(store, epoch_version),
@@ -132,7 +161,7 @@ impl<M: MetaStore + Clone> Controller<M> {
         let (stopped_tx, stopped) = tokio::sync::watch::channel(());
         let actor = shared.clone();
         tokio::spawn(async move {
-            run(actor, rx).await;
+            run(actor, rx, recent).await;
             drop(stopped_tx);
         });
         Ok(Self { shared, tx, stopped })
@@ -250,10 +279,21 @@ fn frame(body: Body) -> Arc<Vec<u8>> {
     Arc::new(sluice_rpc::encode_frame(&Envelope { request_id: 0, body: Some(body) }))
 }
 
-async fn run<M: MetaStore + Clone>(shared: Arc<Shared<M>>, mut rx: mpsc::Receiver<Command>) {
+async fn run<M: MetaStore + Clone>(shared: Arc<Shared<M>>, mut rx: mpsc::Receiver<Command>, mut recent: RecentObjects) {
     let mut pending = Vec::new();
-    let mut recent = RecentObjects::default();
-    while let Some(cmd) = rx.recv().await {
+    let mut sweep = tokio::time::interval((recent.window / 10).clamp(Duration::from_millis(100), DEDUP_SWEEP_EVERY));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let cmd = tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => cmd,
+                None => break,
+            },
+            _ = sweep.tick() => {
+                expire_records(&shared, recent.due(Instant::now())).await;
+                continue;
+            }
+        };
         match cmd {
             Command::Commit(req, reply) => {
                 pending.push((req, reply));
@@ -279,18 +319,44 @@ async fn run<M: MetaStore + Clone>(shared: Arc<Shared<M>>, mut rx: mpsc::Receive
 
 type Pending = (CommitWal, oneshot::Sender<Result<CommitWalReply, MetaError>>);
 
+/// Deletes the records of committed objects whose window passed, a batch per transaction.
+async fn expire_records<M: MetaStore>(shared: &Shared<M>, due: Vec<String>) {
+    for batch in due.chunks(DEDUP_SWEEP_BATCH) {
+        let ops = batch.iter().map(|k| Op::Delete(k.clone())).collect();
+        if let Err(e) = shared.store.write(vec![], ops).await {
+            // Left for the next control plane to take over, which schedules every record again.
+            tracing::warn!(error = %e, records = batch.len(), "cannot delete expired committed-object records");
+            return;
+        }
+    }
+}
+
 /// The WAL objects this control plane committed most recently: a commit naming one of them as
-/// its predecessor needs no read of the store to know it is through.
+/// its predecessor needs no read of the store to know it is through. Also every committed
+/// object's record, in commit order, until its window passes.
 #[derive(Default)]
 struct RecentObjects {
     keys: std::collections::HashSet<String>,
     order: std::collections::VecDeque<String>,
+    /// Full keys of `wal/objects/` records and when they were written (or found).
+    expiring: std::collections::VecDeque<(Instant, String)>,
+    window: Duration,
 }
 
 impl RecentObjects {
     const LIMIT: usize = 4096;
 
+    /// Records whose window has passed at `now`, oldest first; forgotten here.
+    fn due(&mut self, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        while self.expiring.front().is_some_and(|(at, _)| *at + self.window <= now) {
+            out.extend(self.expiring.pop_front().map(|(_, k)| k));
+        }
+        out
+    }
+
     fn insert(&mut self, key: &str) {
+        self.expiring.push_back((Instant::now(), keys::wal_object(key)));
         if self.keys.insert(key.to_string()) {
             self.order.push_back(key.to_string());
             if self.order.len() > Self::LIMIT {

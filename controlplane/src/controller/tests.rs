@@ -196,3 +196,32 @@ async fn a_retry_in_the_same_group_as_its_original_takes_no_offsets() {
     assert_eq!(ctl.commit(after("c", "b")).await.unwrap().chunks[0].base_offset, 5);
     assert_eq!(ctl.watermark(s).unwrap().hwm, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_object_records_expire_after_their_window_and_the_index_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+    let ctl = Controller::start_with(store.clone(), Duration::from_secs(1)).await.unwrap();
+    let s = topic(&ctl, "expiring", 1).await.streams[0];
+    ctl.commit(commit("obj-a", vec![chunk(s, 3)])).await.unwrap();
+    assert!(store.get(&keys::wal_object("obj-a")).await.unwrap().is_some(), "kept within its window");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.get(&keys::wal_object("obj-a")).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the record outlived its window by far");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ctl.lookup(s, 0, 10).await.unwrap().len(), 1, "the index entry stays");
+    ctl.stop().await;
+
+    // Records found at take-over are scheduled too.
+    let ctl = Controller::start_with(store.clone(), Duration::from_secs(1)).await.unwrap();
+    ctl.commit(commit("obj-b", vec![chunk(s, 1)])).await.unwrap();
+    ctl.stop().await;
+    assert!(store.get(&keys::wal_object("obj-b")).await.unwrap().is_some());
+    let _ctl = Controller::start_with(store.clone(), Duration::from_secs(1)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.get(&keys::wal_object("obj-b")).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "a record found at take-over was never deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
