@@ -5,6 +5,8 @@
 #
 #   scripts/peer-tansu.sh memory [PORT]          # memory:// storage: nothing durable (upper bound)
 #   scripts/peer-tansu.sh s3 [PORT] [S3_PORT]    # s3:// against a local S3 server (moto)
+#   scripts/peer-tansu.sh s3-endpoint [PORT] URL # s3:// against a running S3 server at URL (bucket
+#                                                # "tansu" must exist; AWS_* credentials from the caller)
 #
 # Runs in the foreground; Ctrl-C stops it (and the S3 server). Default PORT 19092, S3_PORT 19000.
 set -euo pipefail
@@ -49,8 +51,13 @@ PY
         done
         STORAGE="s3://tansu/"
         ;;
+    s3-endpoint)
+        export AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
+        export AWS_ENDPOINT="$S3_PORT" AWS_ENDPOINT_URL="$S3_PORT"
+        STORAGE="s3://tansu/"
+        ;;
     *)
-        echo "usage: $0 memory|s3 [PORT] [S3_PORT]" >&2
+        echo "usage: $0 memory|s3 [PORT] [S3_PORT] | s3-endpoint PORT URL" >&2
         exit 2
         ;;
 esac

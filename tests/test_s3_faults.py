@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError
 from cluster import binary, free_port, wait_until
 from test_crash import PARTITIONS, ContinuousProducer, assert_acknowledged_exactly_once
 from helpers import create_topic, unique
+from test_bench import scrape
 
 
 class ProxiedS3:
@@ -81,5 +82,36 @@ def test_s3_faults_slow_produce_down_but_lose_nothing(sluice_factory, s3_server,
         assert stats["slowdowns"] > 0 and stats["resets"] > 0, stats
         print(f"proxy: {stats}; produce failures seen by the client: {len(prod.failed)}")
         assert_acknowledged_exactly_once(sluice.bootstrap, topic, prod, "faults")
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["s3+etcd"], indirect=True)
+def test_hedged_puts_keep_one_copy_of_each_object(sluice_factory, s3_server, tmp_path):
+    """With S3 Express latency, the slowest PUTs (past the 80th percentile of recent ones) send a
+    second copy; whichever lands first is the object, the other copy is deleted, and every
+    record reads back once."""
+    proxy = ProxiedS3(s3_server, tmp_path / "s3-proxy.log", "--profile", "s3-express", "--seed", "7")
+    metrics_port = free_port()
+    try:
+        sluice = sluice_factory(s3=proxy, dataplane_args=["--s3-hedge-percentile", "80",
+                                                          "--metrics-listen", f"127.0.0.1:{metrics_port}"])
+        topic = unique("hedge")
+        create_topic(sluice.bootstrap, topic, PARTITIONS)
+        prod = ContinuousProducer(sluice.bootstrap, topic, prefix="hedge")
+        prod.start()
+        try:
+            prod.wait_acked(20000, 120, "under S3 Express latency")
+        finally:
+            prod.finish()
+        metrics = scrape(metrics_port)
+        assert metrics["sluice_s3_hedged_puts_total"] > 0, "no PUT was slow enough to hedge"
+        objects = metrics["sluice_wal_objects_total"]
+        prefix = sluice.s3_prefix + "/"
+        wait_until(lambda: len(s3_server.objects(prefix)) == objects, 30,
+                   what=f"one stored copy per WAL object ({objects}; have {len(s3_server.objects(prefix))})")
+        print(f"objects={objects:.0f} hedged={metrics['sluice_s3_hedged_puts_total']:.0f}")
+        assert_acknowledged_exactly_once(sluice.bootstrap, topic, prod, "hedge")
     finally:
         proxy.stop()

@@ -22,6 +22,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("sluice_object_reads_total", "counter", "Ranged reads from the object store (cache misses)."),
     ("sluice_object_read_bytes_total", "counter", "Bytes read from the object store."),
     ("sluice_connections", "gauge", "Open Kafka client connections."),
+    ("sluice_s3_hedged_puts_total", "counter", "S3 PUTs slower than the hedging percentile that sent a second copy."),
 ];
 
 /// Index into [`METRICS`].
@@ -38,6 +39,7 @@ pub enum M {
     ObjectReads,
     ObjectReadBytes,
     Connections,
+    HedgedPuts,
 }
 
 /// Latency histograms: name, help. Buckets are [`BUCKETS`] (seconds).

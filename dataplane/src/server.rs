@@ -23,15 +23,17 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
     let (senders, mut receivers) = mesh.join().await.map_err(|_| "channel mesh failed".to_string())?;
     let id = senders.peer_id();
     let rpc = RpcClient::new(cfg.controlplane.clone());
+    let metrics = Rc::new(ShardMetrics::default());
     let store: Rc<dyn ObjectStore> = match &cfg.store {
         StoreConfig::Local(root) => {
             let local = LocalObjectStore::new(root);
             local.probe_device().await;
             Rc::new(local)
         }
-        StoreConfig::S3(opts) => Rc::new(S3ObjectStore::new(opts.clone()).map_err(|e| format!("S3 endpoint {}: {e}", opts.endpoint))?),
+        StoreConfig::S3(opts) => Rc::new(
+            S3ObjectStore::new(opts.clone()).map_err(|e| format!("S3 endpoint {}: {e}", opts.endpoint))?.with_metrics(metrics.clone()),
+        ),
     };
-    let metrics = Rc::new(ShardMetrics::default());
     let settings = Settings {
         flush_bytes: cfg.wal_flush_bytes,
         max_inflight_bytes: cfg.wal_max_inflight_bytes,

@@ -11,6 +11,7 @@
 
 use super::{ObjectStore, StoreFuture};
 use crate::http::Io;
+use crate::metrics::{ShardMetrics, M};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
@@ -23,7 +24,8 @@ use hyper::{Method, Request, StatusCode};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Idle connections a shard keeps per store.
 const POOL_MAX: usize = 64;
@@ -50,6 +52,8 @@ pub struct S3Options {
     pub request_timeout: Duration,
     /// Tries of one request before its error is returned.
     pub max_attempts: u32,
+    /// A PUT slower than this percentile of recent PUTs sends a second copy (0: never).
+    pub hedge_percentile: f64,
 }
 
 impl std::fmt::Debug for S3Options {
@@ -94,9 +98,18 @@ struct Answer {
     body: BytesMut,
 }
 
+/// PUT durations remembered for the hedging delay.
+const PUT_HISTORY: usize = 256;
+
 /// Objects in one bucket (under a prefix). One per shard.
 pub struct S3ObjectStore {
     opts: S3Options,
+    /// Recent PUT durations (a ring), for the hedging delay.
+    put_times: RefCell<std::collections::VecDeque<Duration>>,
+    /// PUTs that sent a second copy.
+    hedged: Cell<u64>,
+    /// The shard's counters, when it has them.
+    metrics: Option<Rc<ShardMetrics>>,
     host: String,
     addr: SocketAddr,
     idle: RefCell<Vec<SendRequest<Full<Bytes>>>>,
@@ -112,7 +125,22 @@ impl S3ObjectStore {
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address")))?;
         let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
-        Ok(Self { opts, host, addr, idle: RefCell::default(), rng: Cell::new(seed) })
+        Ok(Self {
+            opts,
+            host,
+            addr,
+            idle: RefCell::default(),
+            rng: Cell::new(seed),
+            put_times: RefCell::default(),
+            hedged: Cell::new(0),
+            metrics: None,
+        })
+    }
+
+    /// Counts hedged PUTs in the shard's metrics too.
+    pub fn with_metrics(mut self, metrics: Rc<ShardMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Checks, with one listing of the prefix, that the endpoint answers, the credentials are
@@ -150,6 +178,55 @@ impl S3ObjectStore {
             }
             glommio::timer::sleep(self.backoff(attempt)).await;
         }
+    }
+
+    /// How long a PUT may take before a second copy is sent: the `hedge_percentile` of recent
+    /// PUTs (`None`: hedging off, or too few PUTs seen yet to know what is slow).
+    fn hedge_delay(&self) -> Option<Duration> {
+        let pct = self.opts.hedge_percentile;
+        let times = self.put_times.borrow();
+        if pct <= 0.0 || times.len() < 20 {
+            return None;
+        }
+        let mut sorted: Vec<Duration> = times.iter().copied().collect();
+        sorted.sort_unstable();
+        let i = ((sorted.len() as f64 * pct / 100.0) as usize).min(sorted.len() - 1);
+        Some(sorted[i].max(Duration::from_millis(2)))
+    }
+
+    fn put_took(&self, d: Duration) {
+        let mut times = self.put_times.borrow_mut();
+        if times.len() == PUT_HISTORY {
+            times.pop_front();
+        }
+        times.push_back(d);
+    }
+
+    /// PUTs that sent a second copy, since start.
+    #[allow(dead_code)] // Read by tests; for /metrics later.
+    pub fn hedged(&self) -> u64 {
+        self.hedged.get()
+    }
+
+    /// Deletes a losing hedged copy in the background.
+    fn forget(&self, key: String) {
+        let (opts, host, addr) = (self.opts.clone(), self.host.clone(), self.addr);
+        glommio::spawn_local(async move {
+            let store = S3ObjectStore {
+                opts,
+                host,
+                addr,
+                idle: RefCell::default(),
+                rng: Cell::new(1),
+                put_times: RefCell::default(),
+                hedged: Cell::new(0),
+                metrics: None,
+            };
+            if let Err(e) = store.request(Method::DELETE, &key, "", Bytes::new(), None).await {
+                tracing::debug!(key, error = %e, "cannot delete a hedged PUT's losing copy");
+            }
+        })
+        .detach();
     }
 
     /// Full jitter: a random wait below `BACKOFF_BASE * 2^attempt`, capped.
@@ -254,8 +331,52 @@ impl S3ObjectStore {
 impl ObjectStore for S3ObjectStore {
     fn put<'a>(&'a self, key: &'a str, data: &'a [u8]) -> StoreFuture<'a, String> {
         Box::pin(async move {
-            self.request(Method::PUT, key, "", Bytes::copy_from_slice(data), None).await?;
-            Ok(key.to_string())
+            let body = Bytes::copy_from_slice(data);
+            let started = Instant::now();
+            let mut first = Box::pin(self.request(Method::PUT, key, "", body.clone(), None));
+            let Some(after) = self.hedge_delay() else {
+                first.await?;
+                self.put_took(started.elapsed());
+                return Ok(key.to_string());
+            };
+            // Hedged: if the first copy is slower than most PUTs, a second copy goes under its
+            // own key; whichever is stored first is the object, the other is deleted.
+            let early = futures_lite::future::or(async { Some((&mut first).await) }, async {
+                glommio::timer::sleep(after).await;
+                None
+            })
+            .await;
+            if let Some(r) = early {
+                r?;
+                self.put_took(started.elapsed());
+                return Ok(key.to_string());
+            }
+            self.hedged.set(self.hedged.get() + 1);
+            if let Some(m) = &self.metrics {
+                m.add(M::HedgedPuts, 1);
+            }
+            let second_key = format!("{key}.hedge");
+            let first_won = {
+                let second = Box::pin(self.request(Method::PUT, &second_key, "", body, None));
+                match futures::future::select(first, second).await {
+                    futures::future::Either::Left((Ok(_), _)) => true,
+                    futures::future::Either::Right((Ok(_), _)) => false,
+                    // One copy failed for good: the other decides.
+                    futures::future::Either::Left((Err(_), other)) => {
+                        other.await?;
+                        false
+                    }
+                    futures::future::Either::Right((Err(_), other)) => {
+                        other.await?;
+                        true
+                    }
+                }
+            };
+            let (winner, loser) = if first_won { (key.to_string(), second_key) } else { (second_key, key.to_string()) };
+            self.put_took(started.elapsed());
+            // The loser's request was dropped mid-flight (or failed); its copy may exist.
+            self.forget(loser);
+            Ok(winner)
         })
     }
 
@@ -408,6 +529,7 @@ mod tests {
                 session_token: None,
                 request_timeout: Duration::from_secs(5),
                 max_attempts: 2,
+                hedge_percentile: 0.0,
             }
         }
     }
@@ -478,6 +600,7 @@ mod tests {
             session_token: None,
             request_timeout: Duration::from_secs(1),
             max_attempts: 1,
+            hedge_percentile: 0.0,
         };
         assert_eq!((o.host(), o.path("x y.wal")), ("127.0.0.1:9000".into(), "/bkt/sluice/x%20y.wal".into()));
         assert_eq!(o.path(""), "/bkt", "the bucket, not the prefix");
@@ -501,6 +624,7 @@ mod tests {
             session_token: None,
             request_timeout: Duration::from_secs(1),
             max_attempts: 3,
+            hedge_percentile: 0.0,
         };
         let s = S3ObjectStore::new(o).expect("resolves");
         for attempt in 1..20 {
