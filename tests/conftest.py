@@ -69,15 +69,16 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def sluice_factory(request, tmp_path, backend):
-    """Returns make(cores=1, dataplane_args=(), controlplane_args=(), start=True, s3=...) -> Sluice
-    (s3: an S3 server other than the back end's, e.g. one behind a proxy)."""
+    """Returns make(cores=1, dataplane_args=(), controlplane_args=(), start=True, s3=..., etcd=...)
+    -> Sluice (s3, etcd: servers other than the back end's, e.g. one behind a proxy, or one the
+    test kills)."""
     clusters = []
     request.node._sluice_clusters = clusters
     objects, metadata = backend.split("+")
     s3 = request.getfixturevalue("s3_server") if objects == "s3" else None
     etcd = request.getfixturevalue("etcd_server") if metadata == "etcd" else None
 
-    def make(cores=1, dataplane_args=(), controlplane_args=(), start=True, s3=s3):
+    def make(cores=1, dataplane_args=(), controlplane_args=(), start=True, s3=s3, etcd=etcd):
         name = f"cluster{len(clusters)}"
         cluster = Sluice(tmp_path / name, cores=cores, dataplane_args=dataplane_args,
                          controlplane_args=controlplane_args, s3=s3, s3_prefix=f"{tmp_path.name}/{name}",

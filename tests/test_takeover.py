@@ -1,7 +1,7 @@
 """Two control planes on one etcd: one leads, the other stands by. kill -9 of the leader under
 acks=all load with a consumer group reading: the standby takes over by itself, the data plane
-finds it (it lists both), producing and consuming go on, and every acknowledged record is there
-exactly once. The takeover time (kill to the first acknowledged produce sent after it) is
+finds it (it lists both), producing and consuming go on; the old leader comes back as a standby,
+and killing that standby changes nothing; every acknowledged record is there exactly once. The takeover time (kill to the first acknowledged produce sent after it) is
 printed, not asserted: it is a figure for BENCHMARKS.md, bounded by the etcd lease TTL."""
 
 import signal
@@ -91,6 +91,12 @@ def test_standby_takes_over_when_the_leader_dies(sluice_factory):
             assert "control plane ready (leading)" in standby_log.read_text(errors="replace")
             before = prod.acked_count()
             prod.wait_acked(before + 3000, 120, "after the takeover")
+            # The killed leader comes back as a standby; killing a standby changes nothing.
+            sluice.start_controlplane()
+            wait_until(lambda: "standing by" in sluice.cp_log.read_text(errors="replace").rsplit("===== start", 1)[-1],
+                       30, what="the old leader to come back as a standby")
+            sluice.kill_controlplane(signal.SIGKILL)
+            prod.wait_acked(prod.acked_count() + 3000, 60, "after the standby was killed")
             with prod.lock:
                 last = max(prod.acked)
             wait_until(lambda: reader.saw(last), 120, what="the group to read records produced after the takeover")

@@ -40,7 +40,15 @@ const GROUP_COMMIT_MAX: usize = 256;
 pub struct StreamState {
     pub log_start: i64,
     pub hwm: i64,
+    /// Version of the stream's watermark record this state was read from or written as (0: no
+    /// record yet; [`UNKNOWN`]: a write of it failed, and may or may not have happened). Every
+    /// commit is conditioned on it, so offsets are assigned from what the store holds even when
+    /// a transaction's answer is lost (etcd unreachable after applying it).
+    pub version: u64,
 }
+
+/// [`StreamState::version`] of a stream that must be read from the store again before use.
+const UNKNOWN: u64 = u64::MAX;
 
 /// State shared between the actor (writer) and the request handlers (readers).
 pub struct Shared<M> {
@@ -128,7 +136,7 @@ impl<M: MetaStore + Clone> Controller<M> {
             for s in &t.streams {
                 if let Some(v) = store.get(&keys::hwm(*s)).await? {
                     let w = Watermark::decode(v.value).map_err(|e| MetaError::Backend(format!("bad hwm record: {e}")))?;
-                    streams.insert(*s, StreamState { log_start: w.log_start, hwm: w.high_watermark });
+                    streams.insert(*s, StreamState { log_start: w.log_start, hwm: w.high_watermark, version: v.version });
                 }
             }
         }
@@ -319,6 +327,34 @@ async fn run<M: MetaStore + Clone>(shared: Arc<Shared<M>>, mut rx: mpsc::Receive
 
 type Pending = (CommitWal, oneshot::Sender<Result<CommitWalReply, MetaError>>);
 
+/// Reads again the watermarks of the streams the commits touch whose state is [`UNKNOWN`].
+async fn reload_unknown<M: MetaStore>(shared: &Shared<M>, commits: &[Pending]) -> Result<(), MetaError> {
+    let unknown: Vec<u64> = {
+        let streams = shared.streams.read().expect("poisoned");
+        let mut ids: Vec<u64> = commits
+            .iter()
+            .flat_map(|(req, _)| req.chunks.iter().map(|c| c.stream_id))
+            .filter(|s| streams.get(s).is_some_and(|st| st.version == UNKNOWN))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    for s in unknown {
+        let state = match shared.store.get(&keys::hwm(s)).await? {
+            Some(v) => {
+                let w = Watermark::decode(v.value).map_err(|e| MetaError::Backend(format!("bad hwm record: {e}")))?;
+                StreamState { log_start: w.log_start, hwm: w.high_watermark, version: v.version }
+            }
+            None => StreamState::default(),
+        };
+        if let Some(slot) = shared.streams.write().expect("poisoned").get_mut(&s) {
+            *slot = state;
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the records of committed objects whose window passed, a batch per transaction.
 async fn expire_records<M: MetaStore>(shared: &Shared<M>, due: Vec<String>) {
     for batch in due.chunks(DEDUP_SWEEP_BATCH) {
@@ -455,6 +491,14 @@ async fn apply_commits<M: MetaStore>(
     recent: &mut RecentObjects,
 ) -> Option<Vec<Pending>> {
     let checked = !conds.is_empty();
+    let mut conds = conds;
+    if let Err(e) = reload_unknown(shared, &fresh).await {
+        tracing::error!(error = %e, commits = fresh.len(), "cannot read watermarks back");
+        for (_, tx) in fresh {
+            let _ = tx.send(Err(e.clone()));
+        }
+        return None;
+    }
     let mut next: HashMap<u64, StreamState> = HashMap::new();
     let mut ops = Vec::new();
     let mut replies = Vec::with_capacity(fresh.len());
@@ -480,7 +524,15 @@ async fn apply_commits<M: MetaStore>(
                     batch_count: c.batch_count,
                 };
                 ops.push(Op::Put(keys::index(c.stream_id, end), Bytes::from(entry.encode_to_vec())));
-                next.insert(c.stream_id, StreamState { log_start: cur.log_start, hwm: end });
+                if !next.contains_key(&c.stream_id) {
+                    // The first chunk of this stream in the group: the store must still hold
+                    // the watermark this state came from.
+                    conds.push(match cur.version {
+                        0 => Cond::Absent(keys::hwm(c.stream_id)),
+                        v => Cond::Version(keys::hwm(c.stream_id), v),
+                    });
+                }
+                next.insert(c.stream_id, StreamState { log_start: cur.log_start, hwm: end, version: cur.version });
                 results.push(ChunkResult { error: crate::error::NONE, base_offset: base, high_watermark: end, log_start: cur.log_start });
             }
             let reply = CommitWalReply { chunks: results };
@@ -493,7 +545,7 @@ async fn apply_commits<M: MetaStore>(
         ops.push(Op::Put(keys::hwm(*s), Bytes::from(w.encode_to_vec())));
     }
     match shared.store.write(conds, ops).await {
-        Ok(_) => {
+        Ok(revision) => {
             use std::sync::atomic::Ordering::Relaxed;
             shared.commits.fetch_add(fresh.len() as u64, Relaxed);
             shared.commit_groups.fetch_add(1, Relaxed);
@@ -501,7 +553,7 @@ async fn apply_commits<M: MetaStore>(
             let mut marks = Vec::with_capacity(next.len());
             for (s, st) in next {
                 if let Some(slot) = streams.get_mut(&s) {
-                    *slot = st;
+                    *slot = StreamState { version: revision, ..st };
                     marks.push(Watermark { stream_id: s, log_start: st.log_start, high_watermark: st.hwm });
                 }
             }
@@ -513,8 +565,20 @@ async fn apply_commits<M: MetaStore>(
             }
             None
         }
-        Err(MetaError::ConditionFailed) if checked => Some(fresh),
         Err(e) => {
+            // Applied or not, nobody knows (an answer lost on the way back) or another writer
+            // moved the watermarks: read them again before the next commit.
+            {
+                let mut streams = shared.streams.write().expect("poisoned");
+                for s in next.keys() {
+                    if let Some(slot) = streams.get_mut(s) {
+                        slot.version = UNKNOWN;
+                    }
+                }
+            }
+            if matches!(e, MetaError::ConditionFailed) && checked {
+                return Some(fresh);
+            }
             tracing::error!(error = %e, commits = fresh.len(), "commit transaction failed");
             for (_, tx) in fresh {
                 let _ = tx.send(Err(e.clone()));

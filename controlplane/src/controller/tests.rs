@@ -225,3 +225,65 @@ async fn committed_object_records_expire_after_their_window_and_the_index_stays(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A store whose next transaction is applied but answered with an error, as when etcd applies
+/// a transaction and the connection drops before its answer arrives.
+#[derive(Clone)]
+struct LosesAnswers {
+    inner: RedbMetaStore,
+    lose_next: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MetaStore for LosesAnswers {
+    async fn get(&self, key: &str) -> crate::meta::MetaResult<Option<crate::meta::Versioned>> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, start: &str, end: &str, limit: usize) -> crate::meta::MetaResult<Vec<(String, crate::meta::Versioned)>> {
+        self.inner.range(start, end, limit).await
+    }
+    async fn txn(&self, conds: Vec<Cond>, ops: Vec<Op>) -> crate::meta::MetaResult<u64> {
+        let r = self.inner.txn(conds, ops).await;
+        if r.is_ok() && self.lose_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(MetaError::Backend("connection lost before the answer".into()));
+        }
+        r
+    }
+    async fn open_session(&self) -> crate::meta::MetaResult<crate::meta::SessionId> {
+        self.inner.open_session().await
+    }
+    async fn close_session(&self, session: crate::meta::SessionId) -> crate::meta::MetaResult<()> {
+        self.inner.close_session(session).await
+    }
+    fn lost_sessions(&self) -> broadcast::Receiver<crate::meta::SessionId> {
+        self.inner.lost_sessions()
+    }
+    fn watch(&self, from: u64) -> crate::meta::MetaResult<mpsc::UnboundedReceiver<crate::meta::WatchEvent>> {
+        self.inner.watch(from)
+    }
+    fn transactions(&self) -> u64 {
+        self.inner.transactions()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_applied_but_unanswered_never_lets_its_offsets_be_assigned_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+    let store = LosesAnswers { inner: inner.clone(), lose_next: Arc::default() };
+    let ctl = Controller::start(store.clone()).await.unwrap();
+    let s = {
+        let r = ctl.create_topics(vec![NewTopic { name: "lost".into(), partitions: 1, configs: Default::default() }], false).await;
+        r.results[0].topic.clone().expect("created").streams[0]
+    };
+    ctl.commit(commit("obj-1", vec![chunk(s, 10)])).await.unwrap();
+    store.lose_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(ctl.commit(commit("obj-2", vec![chunk(s, 5)])).await.is_err(), "the answer was lost");
+    // obj-2 was applied ([10, 15)): the next object follows it instead of reusing its offsets.
+    let third = ctl.commit(commit("obj-3", vec![chunk(s, 7)])).await.unwrap();
+    assert_eq!(third.chunks[0].base_offset, 15);
+    // The data plane's retry of obj-2 gets the offsets obj-2 was given.
+    let retried = ctl.commit(commit("obj-2", vec![chunk(s, 5)])).await.unwrap();
+    assert_eq!(retried.chunks[0].base_offset, 10);
+    let keys: Vec<String> = ctl.lookup(s, 0, 10).await.unwrap().into_iter().map(|e| e.object_key).collect();
+    assert_eq!(keys, ["obj-1", "obj-2", "obj-3"], "each range indexed once, by its own object");
+}

@@ -113,22 +113,34 @@ impl EtcdMetaStore {
         Ok(k.strip_prefix(&*self.namespace).unwrap_or(k).to_string())
     }
 
-    /// Keeps a lease alive until it is lost, then reports it.
+    /// Keeps a lease alive until it is lost, then reports it. A lease is lost when etcd says so
+    /// (its TTL ran out) or when no refresh went through for a whole TTL; a connection that
+    /// drops for less (etcd restarting, a leader election) is opened again.
     async fn keep_alive(mut client: Client, id: i64, lost: broadcast::Sender<SessionId>) {
-        let why = match client.lease_keep_alive(id).await {
-            Err(e) => e.to_string(),
-            Ok((mut keeper, mut answers)) => loop {
-                tokio::time::sleep(Duration::from_secs((SESSION_TTL_SECS / 3).max(1) as u64)).await;
-                if let Err(e) = keeper.keep_alive().await {
-                    break e.to_string();
-                }
-                match answers.message().await {
-                    Ok(Some(a)) if a.ttl() > 0 => {}
-                    Ok(Some(_)) => break "lease expired".to_string(),
-                    Ok(None) => break "keep-alive stream closed".to_string(),
-                    Err(e) => break e.to_string(),
-                }
-            },
+        let ttl = Duration::from_secs(SESSION_TTL_SECS as u64);
+        let every = Duration::from_secs((SESSION_TTL_SECS / 3).max(1) as u64);
+        let mut refreshed = Instant::now();
+        let why = 'session: loop {
+            let problem = match client.lease_keep_alive(id).await {
+                Err(e) => e.to_string(),
+                Ok((mut keeper, mut answers)) => loop {
+                    if let Err(e) = keeper.keep_alive().await {
+                        break e.to_string();
+                    }
+                    match answers.message().await {
+                        Ok(Some(a)) if a.ttl() > 0 => refreshed = Instant::now(),
+                        Ok(Some(_)) => break 'session "lease expired".to_string(),
+                        Ok(None) => break "keep-alive stream closed".to_string(),
+                        Err(e) => break e.to_string(),
+                    }
+                    tokio::time::sleep(every).await;
+                },
+            };
+            if refreshed.elapsed() >= ttl {
+                break format!("no refresh for {ttl:?}: {problem}");
+            }
+            tracing::debug!(lease = id, error = %problem, "etcd keep-alive interrupted; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         tracing::warn!(lease = id, reason = %why, "etcd session lost");
         let _ = lost.send(id as SessionId);
