@@ -8,6 +8,7 @@
 #   scripts/bench-s3.sh                                  # profiles s3-express and s3-standard
 #   PROFILES=s3-standard INTERVALS="50 100" scripts/bench-s3.sh
 #   HEDGE="0 95" scripts/bench-s3.sh                     # hedging off and at p95
+#   EXTRA="--wal-flush-bytes 8388608" scripts/bench-s3.sh # more data plane flags
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,6 +18,7 @@ PROFILES="${PROFILES:-s3-express s3-standard}"
 INTERVALS="${INTERVALS:-}"   # flush intervals (ms) to try; empty: the S3 default
 HEDGE="${HEDGE:-}"           # hedge percentiles to try; empty: the default
 RATE="${RATE:-50000}"
+EXTRA="${EXTRA:-}"           # more data plane flags for every Sluice run
 TANSU="${TANSU:-1}"
 OUT="${OUT:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)-s3}"
 mkdir -p "$OUT"
@@ -82,6 +84,8 @@ for profile in $PROFILES; do
             flags=()
             [ "$interval" != default ] && flags+=(--wal-flush-interval-ms "$interval")
             [ "$hedge" != default ] && flags+=(--s3-hedge-percentile "$hedge")
+            # shellcheck disable=SC2206 # EXTRA is a list of flags
+            flags+=($EXTRA)
             echo "== Sluice on S3 ($profile) + etcd, flush interval $interval, hedge $hedge"
             start_backends "$profile"
             start_sluice_s3 "${flags[@]}"

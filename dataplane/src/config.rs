@@ -61,14 +61,16 @@ pub struct Args {
     /// Shards (pinned executors); default: every available core.
     #[arg(long, env = "SLUICE_CORES")]
     pub cores: Option<usize>,
-    /// A shard cuts its WAL object when this many bytes are buffered.
-    #[arg(long, env = "SLUICE_WAL_FLUSH_BYTES", default_value_t = 4 << 20)]
-    pub wal_flush_bytes: usize,
+    /// A shard cuts its WAL object when this many bytes are buffered. Default per store: 4 MiB
+    /// on a local directory, 8 MiB on S3 (so that an interval's worth of a busy shard's data
+    /// makes one object, not a full one and a remainder).
+    #[arg(long, env = "SLUICE_WAL_FLUSH_BYTES")]
+    pub wal_flush_bytes: Option<usize>,
     /// ... or at the first tick of this interval (one clock for all shards) after the oldest
     /// buffered batch arrived, so no batch waits longer. Default per store (BENCHMARKS.md):
     /// 3 ms on a local directory, where an object costs one fdatasync (produce p99 under 10 ms
-    /// at half of a 2-core machine's throughput); 100 ms on S3, which bills each PUT (about
-    /// 390 PUTs per GB at 50 MB/s on 2 shards, against 1,580 at 25 ms).
+    /// at half of a 2-core machine's throughput); 150 ms on S3, which bills each PUT (with
+    /// 8 MiB objects about 263 PUTs per GB at 50 MB/s on 2 shards; 393 at 100 ms).
     #[arg(long, env = "SLUICE_WAL_FLUSH_INTERVAL_MS")]
     pub wal_flush_interval_ms: Option<u64>,
     /// Bytes a shard may hold in WAL buffers and in-flight flushes before it stops reading
@@ -151,10 +153,11 @@ impl Config {
         if a.num_partitions < 1 {
             return Err("--num-partitions must be at least 1".into());
         }
-        if a.wal_flush_bytes == 0 || a.wal_max_inflight_bytes < a.wal_flush_bytes {
+        let store = store_config(&a)?;
+        let wal_flush_bytes = a.wal_flush_bytes.unwrap_or(store.default_flush_bytes());
+        if wal_flush_bytes == 0 || a.wal_max_inflight_bytes < wal_flush_bytes {
             return Err("--wal-flush-bytes must be positive and at most --wal-max-inflight-bytes".into());
         }
-        let store = store_config(&a)?;
         let wal_flush_interval = Duration::from_millis(a.wal_flush_interval_ms.unwrap_or(store.default_flush_interval_ms()).max(1));
         let advertised_host =
             a.advertised_host.unwrap_or_else(|| a.listen.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default());
@@ -167,7 +170,7 @@ impl Config {
             node_id: a.node_id,
             zone: a.zone,
             cores,
-            wal_flush_bytes: a.wal_flush_bytes,
+            wal_flush_bytes,
             wal_flush_interval,
             wal_max_inflight_bytes: a.wal_max_inflight_bytes,
             cache_bytes: a.cache_bytes,
@@ -181,11 +184,19 @@ impl Config {
 }
 
 impl StoreConfig {
+    /// The object size that suits the store when `--wal-flush-bytes` is not given.
+    pub fn default_flush_bytes(&self) -> usize {
+        match self {
+            StoreConfig::Local(_) => 4 << 20,
+            StoreConfig::S3(_) => 8 << 20,
+        }
+    }
+
     /// The flush interval that suits the store when `--wal-flush-interval-ms` is not given.
     pub fn default_flush_interval_ms(&self) -> u64 {
         match self {
             StoreConfig::Local(_) => 3,
-            StoreConfig::S3(_) => 100,
+            StoreConfig::S3(_) => 150,
         }
     }
 }
