@@ -6,12 +6,12 @@
 #   BIN_A=~/.cache/base-target/release BIN_B=~/.cache/sluice-target/release scripts/bench-ab.sh
 #
 # Environment: PAIRS (3), DURATION (10 s per run), RATE (records/s of (b); default half of A's
-# first (a) run), CORES (2).
+# first (a) run), CORES (2), WORKLOADS ("a b"; "b" with RATE set runs only the fixed rate).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 : "${BIN_A:?set BIN_A to the 'before' binaries' directory}" "${BIN_B:?set BIN_B to the 'after' binaries' directory}"
-PAIRS="${PAIRS:-3}" DURATION="${DURATION:-10}" CORES="${CORES:-2}"
+PAIRS="${PAIRS:-3}" WORKLOADS="${WORKLOADS:-a b}" DURATION="${DURATION:-10}" CORES="${CORES:-2}"
 OUT="${OUT:-bench-results/ab-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -31,12 +31,14 @@ run() { # run A|B LABEL sluice-bench flags...
 }
 
 for pair in $(seq 1 "$PAIRS"); do
+    [[ " $WORKLOADS " == *" a "* ]] || break
     for side in A B; do
         run "$side" "a-pair$pair" --preset throughput
         if [ -z "${RATE:-}" ]; then RATE=$(( $(last_rate) / 2 )); fi
     done
 done
 for pair in $(seq 1 "$PAIRS"); do
+    [[ " $WORKLOADS " == *" b "* ]] || break
     for side in A B; do
         run "$side" "b-pair$pair" --preset fixed-rate --rate "$RATE"
     done
