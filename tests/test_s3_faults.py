@@ -50,7 +50,7 @@ class ProxiedS3:
         self.log.close()
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 @pytest.mark.parametrize("backend", ["s3+etcd"], indirect=True)
 def test_s3_faults_slow_produce_down_but_lose_nothing(sluice_factory, s3_server, tmp_path):
     proxy = ProxiedS3(s3_server, tmp_path / "s3-proxy.log", "--error-rate", "0.05", "--reset-rate", "0.01")
@@ -62,6 +62,11 @@ def test_s3_faults_slow_produce_down_but_lose_nothing(sluice_factory, s3_server,
         prod.start()
         try:
             prod.wait_acked(3000, 90, "with 5% SlowDown and 1% resets")
+            # Faults are drawn per request, and 8 MiB objects make few requests: keep producing
+            # until both kinds have struck at least once, so the run always exercises them.
+            faults = lambda: (lambda s: s["slowdowns"] > 0 and s["resets"] > 0)(proxy.stats())
+            wait_until(faults, 120, what="both a SlowDown and a reset to strike")
+            prod.wait_acked(prod.acked_count() + 1000, 90, "after the first faults")
             proxy.control("outage?seconds=10", method="POST")
             prod.wait_attempted(2000, 60)
             wait_until(lambda: proxy.stats()["outage_resets"] > 0, 30, what="requests to hit the outage")

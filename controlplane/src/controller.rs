@@ -13,8 +13,8 @@ use kafka_protocol::error::ResponseError as E;
 use prost::Message;
 use sluice_rpc::configs::{validate_topic_config, validate_topic_name};
 use sluice_rpc::{
-    body::Body, AdminReply, ChunkResult, CommitWal, CommitWalReply, Envelope, IndexEntry, NewTopic, Topic, TopicResult, Watermark,
-    Watermarks,
+    body::Body, AdminReply, AlterTopicConfigs, ChunkResult, CommitWal, CommitWalReply, DeleteRecordsResult, Envelope, IndexEntry, NewTopic,
+    Topic, TopicResult, Watermark, Watermarks,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -63,6 +63,9 @@ pub struct Shared<M> {
     /// WAL objects committed, and the transactions they took (group commit makes it fewer).
     pub commits: std::sync::atomic::AtomicU64,
     pub commit_groups: std::sync::atomic::AtomicU64,
+    /// Retention passes finished, and log start offsets moved (by retention or DeleteRecords).
+    pub retention_passes: std::sync::atomic::AtomicU64,
+    pub log_start_moves: std::sync::atomic::AtomicU64,
 }
 
 enum Command {
@@ -70,6 +73,8 @@ enum Command {
     Create(Vec<NewTopic>, bool, oneshot::Sender<AdminReply>),
     Delete(Vec<String>, oneshot::Sender<AdminReply>),
     Partitions(Vec<(String, i32)>, bool, oneshot::Sender<AdminReply>),
+    AlterConfigs(AlterTopicConfigs, oneshot::Sender<AdminReply>),
+    LogStart(Vec<(u64, i64)>, oneshot::Sender<Vec<DeleteRecordsResult>>),
 }
 
 /// Handle to the controller actor.
@@ -123,7 +128,8 @@ impl<M: MetaStore + Clone> Controller<M> {
         let mut topics = BTreeMap::new();
         let (a, b) = keys::topics();
         for (_, v) in store.range(&a, &b, usize::MAX).await? {
-            let t = Topic::decode(v.value).map_err(|e| MetaError::Backend(format!("bad topic record: {e}")))?;
+            let mut t = Topic::decode(v.value).map_err(|e| MetaError::Backend(format!("bad topic record: {e}")))?;
+            t.revision = v.version;
             topics.insert(t.name.clone(), t);
         }
         let mut streams = HashMap::new();
@@ -164,6 +170,8 @@ impl<M: MetaStore + Clone> Controller<M> {
             notify,
             commits: Default::default(),
             commit_groups: Default::default(),
+            retention_passes: Default::default(),
+            log_start_moves: Default::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let (stopped_tx, stopped) = tokio::sync::watch::channel(());
@@ -214,6 +222,26 @@ impl<M: MetaStore + Clone> Controller<M> {
     /// Raises partition counts.
     pub async fn create_partitions(&self, incs: Vec<(String, i32)>, validate_only: bool) -> AdminReply {
         self.ask(|tx| Command::Partitions(incs, validate_only, tx)).await
+    }
+
+    /// Changes topic configs.
+    pub async fn alter_configs(&self, req: AlterTopicConfigs) -> AdminReply {
+        self.ask(|tx| Command::AlterConfigs(req, tx)).await
+    }
+
+    /// Moves streams' log start offsets forward (DeleteRecords, retention): one result per
+    /// `(stream, offset)`, offset -1 meaning the high watermark.
+    pub async fn move_log_starts(&self, moves: Vec<(u64, i64)>) -> Vec<DeleteRecordsResult> {
+        let n = moves.len();
+        let (tx, rx) = oneshot::channel();
+        let unavailable = || {
+            let error = i32::from(crate::error::Error::from(stopped()).response().code());
+            vec![DeleteRecordsResult { error, low_watermark: -1 }; n]
+        };
+        if self.tx.send(Command::LogStart(moves, tx)).await.is_err() {
+            return unavailable();
+        }
+        rx.await.unwrap_or_else(|_| unavailable())
     }
 
     async fn ask(&self, cmd: impl FnOnce(oneshot::Sender<AdminReply>) -> Command) -> AdminReply {
@@ -329,13 +357,14 @@ type Pending = (CommitWal, oneshot::Sender<Result<CommitWalReply, MetaError>>);
 
 /// Reads again the watermarks of the streams the commits touch whose state is [`UNKNOWN`].
 async fn reload_unknown<M: MetaStore>(shared: &Shared<M>, commits: &[Pending]) -> Result<(), MetaError> {
+    reload_streams(shared, commits.iter().flat_map(|(req, _)| req.chunks.iter().map(|c| c.stream_id)).collect()).await
+}
+
+/// Reads again the watermarks of those of `ids` whose state is [`UNKNOWN`].
+async fn reload_streams<M: MetaStore>(shared: &Shared<M>, mut ids: Vec<u64>) -> Result<(), MetaError> {
     let unknown: Vec<u64> = {
         let streams = shared.streams.read().expect("poisoned");
-        let mut ids: Vec<u64> = commits
-            .iter()
-            .flat_map(|(req, _)| req.chunks.iter().map(|c| c.stream_id))
-            .filter(|s| streams.get(s).is_some_and(|st| st.version == UNKNOWN))
-            .collect();
+        ids.retain(|s| streams.get(s).is_some_and(|st| st.version == UNKNOWN));
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -612,6 +641,16 @@ async fn admin<M: MetaStore>(shared: &Shared<M>, cmd: Command) {
             }
             let _ = tx.send(AdminReply { results });
         }
+        Command::AlterConfigs(req, tx) => {
+            let mut results = Vec::with_capacity(req.topics.len());
+            for change in req.topics {
+                results.push(topic_configs::alter(shared, change, req.validate_only).await);
+            }
+            let _ = tx.send(AdminReply { results });
+        }
+        Command::LogStart(moves, tx) => {
+            let _ = tx.send(log_start::apply(shared, moves).await);
+        }
     }
 }
 
@@ -757,6 +796,11 @@ async fn add_partitions<M: MetaStore>(shared: &Shared<M>, name: String, count: i
         Err(e) => storage_failure(name, e),
     }
 }
+
+mod log_start;
+mod topic_configs;
+
+pub use log_start::run_retention;
 
 #[cfg(test)]
 mod tests;

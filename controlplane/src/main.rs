@@ -56,6 +56,10 @@ struct Args {
     #[arg(long, env = "SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
     group_consumer_heartbeat_interval_ms: u64,
     /// Log filter (tracing EnvFilter syntax).
+    /// How often retention (each topic's `retention.ms` and `retention.bytes`) moves log start
+    /// offsets forward, in milliseconds.
+    #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+    retention_check_interval_ms: u64,
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
 }
@@ -151,6 +155,7 @@ async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) ->
         ..Default::default()
     };
     let coordinator = groups::Coordinator::start(ctl.shared.clone(), group_cfg).await.map_err(|e| format!("cannot load groups: {e}"))?;
+    tokio::spawn(controller::run_retention(ctl.clone(), Duration::from_millis(args.retention_check_interval_ms)));
     if let Some(l) = metrics_listener {
         tokio::spawn(metrics::serve(l, ctl.clone(), coordinator.clone()));
     }

@@ -30,6 +30,16 @@ async fn render<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
         "Transactions that committed WAL objects (group commit).",
         ConstCounter::new(s.commit_groups.load(Relaxed)),
     );
+    r.register(
+        "sluice_retention_passes",
+        "Retention passes over every topic finished.",
+        ConstCounter::new(s.retention_passes.load(Relaxed)),
+    );
+    r.register(
+        "sluice_log_start_moves",
+        "Partition log start offsets moved forward (retention and DeleteRecords).",
+        ConstCounter::new(s.log_start_moves.load(Relaxed)),
+    );
     let topics = s.topics.read().expect("poisoned").len();
     r.register("sluice_topics", "Topics.", ConstGauge::new(i64::try_from(topics).unwrap_or(i64::MAX)));
     r.register("sluice_control_plane_epoch", "Epoch of this control plane.", ConstGauge::new(i64::try_from(s.epoch).unwrap_or(i64::MAX)));

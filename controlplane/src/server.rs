@@ -311,6 +311,11 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
             let incs = c.topics.into_iter().map(|p| (p.name, p.count)).collect();
             Body::AdminReply(ctl.create_partitions(incs, c.validate_only).await)
         }
+        Body::AlterTopicConfigs(a) => Body::AdminReply(ctl.alter_configs(a).await),
+        Body::DeleteRecords(d) => {
+            let moves = d.streams.into_iter().map(|s| (s.stream_id, s.offset)).collect();
+            Body::DeleteRecordsReply(DeleteRecordsReply { results: ctl.move_log_starts(moves).await })
+        }
         Body::AllocateProducerId(_) => match allocate_producer_id(ctl).await {
             Ok(producer_id) => Body::ProducerIdAllocated(ProducerIdAllocated { producer_id }),
             Err(e) => failed(&Error::from(e)),

@@ -13,12 +13,15 @@ pub struct TopicMeta {
     pub topic_id: uuid::Uuid,
     pub streams: Vec<u64>,
     pub configs: HashMap<String, String>,
+    /// Revision of the metadata write this copy comes from: a reply and a notification of two
+    /// changes may arrive in either order, and the older one must not win.
+    pub revision: u64,
 }
 
 impl TopicMeta {
     fn from_rpc(t: Topic) -> Self {
         let topic_id = uuid::Uuid::from_slice(&t.topic_id).unwrap_or_default();
-        TopicMeta { name: t.name, topic_id, streams: t.streams, configs: t.configs }
+        TopicMeta { name: t.name, topic_id, streams: t.streams, configs: t.configs, revision: t.revision }
     }
 
     /// A config set on the topic, if any.
@@ -39,8 +42,13 @@ pub struct MetaCache {
 }
 
 impl MetaCache {
-    /// Adds or replaces a topic; returns it.
+    /// Adds or replaces a topic (unless the copy held is newer); returns what is held.
     pub fn put_topic(&mut self, t: Topic) -> Rc<TopicMeta> {
+        if let Some(held) = self.topics.get(&t.name) {
+            if held.topic_id.as_bytes() == t.topic_id.as_slice() && held.revision > t.revision {
+                return held.clone();
+            }
+        }
         let t = Rc::new(TopicMeta::from_rpc(t));
         self.topic_ids.insert(t.topic_id, t.clone());
         if let Some(old) = self.topics.insert(t.name.clone(), t.clone()) {

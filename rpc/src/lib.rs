@@ -75,7 +75,10 @@ pub struct Envelope {
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
     /// The message.
-    #[prost(oneof = "body::Body", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27")]
+    #[prost(
+        oneof = "body::Body",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30"
+    )]
     pub body: Option<body::Body>,
 }
 
@@ -163,6 +166,16 @@ pub mod body {
         /// Answer to [`KafkaRequest`]: the encoded Kafka response body.
         #[prost(message, tag = "27")]
         KafkaResponse(KafkaResponse),
+        /// Change topic configs (AlterConfigs, IncrementalAlterConfigs); answered by
+        /// [`AdminReply`].
+        #[prost(message, tag = "28")]
+        AlterTopicConfigs(AlterTopicConfigs),
+        /// Advance partitions' log start offsets (DeleteRecords).
+        #[prost(message, tag = "29")]
+        DeleteRecords(DeleteRecords),
+        /// Answer to [`DeleteRecords`].
+        #[prost(message, tag = "30")]
+        DeleteRecordsReply(DeleteRecordsReply),
     }
 }
 
@@ -452,6 +465,93 @@ pub struct CreatePartitions {
     pub validate_only: bool,
 }
 
+/// Config changes of topics.
+#[derive(Clone, PartialEq, Message)]
+pub struct AlterTopicConfigs {
+    /// One entry per topic.
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<TopicConfigChange>,
+    /// Only check.
+    #[prost(bool, tag = "2")]
+    pub validate_only: bool,
+}
+
+/// The config changes of one topic.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicConfigChange {
+    /// Topic name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// AlterConfigs: the operations (all [`CONFIG_SET`]) are the topic's whole config, and
+    /// every config not named returns to its default.
+    #[prost(bool, tag = "2")]
+    pub replace: bool,
+    /// Operations in request order.
+    #[prost(message, repeated, tag = "3")]
+    pub ops: Vec<ConfigOp>,
+}
+
+/// IncrementalAlterConfigs' operation codes.
+pub const CONFIG_SET: i32 = 0;
+/// Back to the default.
+pub const CONFIG_DELETE: i32 = 1;
+/// Add values to a list config.
+pub const CONFIG_APPEND: i32 = 2;
+/// Remove values from a list config.
+pub const CONFIG_SUBTRACT: i32 = 3;
+
+/// One config operation.
+#[derive(Clone, PartialEq, Message)]
+pub struct ConfigOp {
+    /// Config name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// [`CONFIG_SET`], [`CONFIG_DELETE`], [`CONFIG_APPEND`] or [`CONFIG_SUBTRACT`].
+    #[prost(int32, tag = "2")]
+    pub op: i32,
+    /// Value (absent: Kafka's null).
+    #[prost(string, optional, tag = "3")]
+    pub value: Option<String>,
+}
+
+/// Advance log start offsets.
+#[derive(Clone, PartialEq, Message)]
+pub struct DeleteRecords {
+    /// Streams and the offsets below which their records go.
+    #[prost(message, repeated, tag = "1")]
+    pub streams: Vec<DeleteRecordsStream>,
+}
+
+/// One stream of [`DeleteRecords`].
+#[derive(Clone, PartialEq, Message)]
+pub struct DeleteRecordsStream {
+    /// Stream.
+    #[prost(uint64, tag = "1")]
+    pub stream_id: u64,
+    /// New log start offset; -1: the high watermark.
+    #[prost(int64, tag = "2")]
+    pub offset: i64,
+}
+
+/// Answer to [`DeleteRecords`], one result per stream in request order.
+#[derive(Clone, PartialEq, Message)]
+pub struct DeleteRecordsReply {
+    /// Results.
+    #[prost(message, repeated, tag = "1")]
+    pub results: Vec<DeleteRecordsResult>,
+}
+
+/// One stream's result of [`DeleteRecords`].
+#[derive(Clone, PartialEq, Message)]
+pub struct DeleteRecordsResult {
+    /// Kafka error code.
+    #[prost(int32, tag = "1")]
+    pub error: Code,
+    /// The log start offset after the request.
+    #[prost(int64, tag = "2")]
+    pub low_watermark: i64,
+}
+
 /// Result for one topic of an admin request.
 #[derive(Clone, PartialEq, Message)]
 pub struct TopicResult {
@@ -621,4 +721,32 @@ pub struct KafkaResponse {
     /// The response body, encoded at the request's version (without the response header).
     #[prost(bytes = "bytes", tag = "1")]
     pub body: bytes::Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every body variant survives the envelope: a variant missing from the oneof's tag list
+    /// decodes as an empty envelope.
+    #[test]
+    fn the_newest_bodies_survive_the_envelope() {
+        let bodies = [
+            body::Body::AlterTopicConfigs(AlterTopicConfigs {
+                topics: vec![TopicConfigChange {
+                    name: "t".into(),
+                    replace: true,
+                    ops: vec![ConfigOp { name: "retention.ms".into(), op: CONFIG_SET, value: Some("1".into()) }],
+                }],
+                validate_only: true,
+            }),
+            body::Body::DeleteRecords(DeleteRecords { streams: vec![DeleteRecordsStream { stream_id: 7, offset: -1 }] }),
+            body::Body::DeleteRecordsReply(DeleteRecordsReply { results: vec![DeleteRecordsResult { error: 1, low_watermark: 5 }] }),
+        ];
+        for b in bodies {
+            let env = Envelope { request_id: 3, body: Some(b) };
+            let back = Envelope::decode(env.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(back, env);
+        }
+    }
 }

@@ -287,3 +287,39 @@ async fn a_commit_applied_but_unanswered_never_lets_its_offsets_be_assigned_agai
     let keys: Vec<String> = ctl.lookup(s, 0, 10).await.unwrap().into_iter().map(|e| e.object_key).collect();
     assert_eq!(keys, ["obj-1", "obj-2", "obj-3"], "each range indexed once, by its own object");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_start_moves_forward_drops_the_index_below_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+    let ctl = Controller::start(store.clone()).await.unwrap();
+    let t = topic(&ctl, "trimmed", 2).await;
+    let (s0, s1) = (t.streams[0], t.streams[1]);
+    for i in 0..4 {
+        ctl.commit(commit(&format!("o{i}"), vec![chunk(s0, 10), chunk(s1, 5)])).await.unwrap();
+    }
+    // Inside an entry: the entries that end at or below it go, the one holding it stays.
+    let r = ctl.move_log_starts(vec![(s0, 25), (s1, -1), (999, 0)]).await;
+    assert_eq!((r[0].error, r[0].low_watermark), (0, 25));
+    assert_eq!((r[1].error, r[1].low_watermark), (0, 20), "-1 is the high watermark");
+    assert_eq!(r[2].error, i32::from(E::UnknownTopicOrPartition.code()));
+    let offsets = |entries: Vec<IndexEntry>| entries.iter().map(|e| (e.base_offset, e.end_offset)).collect::<Vec<_>>();
+    assert_eq!(offsets(ctl.lookup(s0, 0, 10).await.unwrap()), vec![(20, 30), (30, 40)]);
+    assert!(ctl.lookup(s1, 0, 10).await.unwrap().is_empty());
+
+    // Backwards changes nothing; past the high watermark is refused; the furthest of two moves
+    // of one stream in one request wins.
+    let r = ctl.move_log_starts(vec![(s0, 5), (s0, 41)]).await;
+    assert_eq!((r[0].error, r[0].low_watermark), (0, 25));
+    assert_eq!(r[1].error, i32::from(E::OffsetOutOfRange.code()));
+    let r = ctl.move_log_starts(vec![(s0, 31), (s0, 28)]).await;
+    assert_eq!((r[0].low_watermark, r[1].low_watermark), (31, 31));
+
+    // Commits go on from the high watermark, and everything is in the store.
+    assert_eq!(ctl.commit(commit("o4", vec![chunk(s0, 1)])).await.unwrap().chunks[0].base_offset, 40);
+    ctl.stop().await;
+    let ctl = Controller::start(store).await.unwrap();
+    assert_eq!(ctl.watermark(s0).map(|w| (w.log_start, w.hwm)), Some((31, 41)));
+    assert_eq!(ctl.watermark(s1).map(|w| (w.log_start, w.hwm)), Some((20, 20)));
+    assert_eq!(offsets(ctl.lookup(s0, 0, 10).await.unwrap()), vec![(30, 40), (40, 41)]);
+}

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Sends an admin request and learns the topics it returns.
-async fn admin(shard: &Rc<Shard>, body: Body, count: usize) -> Vec<TopicResult> {
+pub(super) async fn admin(shard: &Rc<Shard>, body: Body, count: usize) -> Vec<TopicResult> {
     match shard.rpc.call(body, RPC_TIMEOUT).await {
         Ok(Body::AdminReply(AdminReply { results })) if results.len() == count => {
             for r in &results {

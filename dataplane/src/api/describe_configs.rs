@@ -12,9 +12,10 @@ use kafka_protocol::messages::describe_configs_response::{
 use sluice_rpc::configs::{ConfigType, GROUP_CONFIGS, TOPIC_CONFIGS};
 use std::rc::Rc;
 
-const TOPIC: i8 = 2;
-const BROKER: i8 = 4;
-const GROUP: i8 = 32;
+// Kafka's ConfigResource types.
+pub(super) const TOPIC: i8 = 2;
+pub(super) const BROKER: i8 = 4;
+pub(super) const GROUP: i8 = 32;
 // Kafka's ConfigSource codes.
 const TOPIC_CONFIG: i8 = 1;
 const STATIC_BROKER_CONFIG: i8 = 4;
@@ -45,7 +46,7 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeConfigsRequest, version: i16
                 ResponseError::InvalidRequest.code(),
                 format!("Unexpected broker id, expected {} but received {name}", shard.cfg.node_id),
             )),
-            // Groups have no per-group overrides here (IncrementalAlterConfigs is not served):
+            // Groups have no per-group overrides here (IncrementalAlterConfigs refuses them):
             // every group, existing or not, has the defaults, as in Kafka.
             GROUP if !name.is_empty() => Ok(group_entries(shard)),
             GROUP => Err((ResponseError::InvalidRequest.code(), "Group name must not be empty".to_string())),

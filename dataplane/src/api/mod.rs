@@ -5,7 +5,9 @@
 //! encodes the response with the response header version the API and version call for.
 
 mod admin;
+mod alter_configs;
 mod api_versions;
+mod delete_records;
 mod describe_cluster;
 mod describe_configs;
 mod fetch;
@@ -47,6 +49,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 /// What the connection writes for a request.
@@ -196,6 +201,9 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request, conn: Rc<ConnContext>, m
         ApiKey::DeleteTopics => run!(admin::delete_topics),
         ApiKey::CreatePartitions => run!(admin::create_partitions),
         ApiKey::DescribeConfigs => run!(describe_configs::handle),
+        ApiKey::AlterConfigs => run!(alter_configs::handle),
+        ApiKey::IncrementalAlterConfigs => run!(alter_configs::handle_incremental),
+        ApiKey::DeleteRecords => run!(delete_records::handle),
         ApiKey::DescribeCluster => run!(describe_cluster::handle),
         ApiKey::InitProducerId => run!(init_producer_id::handle),
         ApiKey::FindCoordinator => run!(group::find_coordinator),
