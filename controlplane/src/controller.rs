@@ -66,7 +66,17 @@ pub struct Shared<M> {
     /// Retention passes finished, and log start offsets moved (by retention or DeleteRecords).
     pub retention_passes: std::sync::atomic::AtomicU64,
     pub log_start_moves: std::sync::atomic::AtomicU64,
+    /// Garbage collection: index entries let go of, objects whose last entry went, objects the
+    /// data planes reported deleted.
+    pub entries_trimmed: std::sync::atomic::AtomicU64,
+    pub objects_released: std::sync::atomic::AtomicU64,
+    pub objects_deleted: std::sync::atomic::AtomicU64,
+    /// How long an object stays in the object store after its last index entry went, in ms.
+    pub gc_grace_ms: std::sync::atomic::AtomicU64,
 }
+
+/// Default of [`Shared::gc_grace_ms`]: far longer than any read of an object takes.
+pub const GC_GRACE: Duration = Duration::from_secs(300);
 
 enum Command {
     Commit(CommitWal, oneshot::Sender<Result<CommitWalReply, MetaError>>),
@@ -172,6 +182,10 @@ impl<M: MetaStore + Clone> Controller<M> {
             commit_groups: Default::default(),
             retention_passes: Default::default(),
             log_start_moves: Default::default(),
+            entries_trimmed: Default::default(),
+            objects_released: Default::default(),
+            objects_deleted: Default::default(),
+            gc_grace_ms: (GC_GRACE.as_millis() as u64).into(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let (stopped_tx, stopped) = tokio::sync::watch::channel(());
@@ -242,6 +256,12 @@ impl<M: MetaStore + Clone> Controller<M> {
             return unavailable();
         }
         rx.await.unwrap_or_else(|_| unavailable())
+    }
+
+    /// Forgets the objects a data plane deleted and hands out up to `max` more to delete.
+    pub async fn take_garbage(&self, deleted: Vec<String>, max: usize) -> Result<Vec<sluice_rpc::GarbageObject>, MetaError> {
+        let grace = Duration::from_millis(self.shared.gc_grace_ms.load(std::sync::atomic::Ordering::Relaxed));
+        gc::take_garbage(&self.shared, deleted, max, grace).await
     }
 
     async fn ask(&self, cmd: impl FnOnce(oneshot::Sender<AdminReply>) -> Command) -> AdminReply {
@@ -564,6 +584,8 @@ async fn apply_commits<M: MetaStore>(
                 next.insert(c.stream_id, StreamState { log_start: cur.log_start, hwm: end, version: cur.version });
                 results.push(ChunkResult { error: crate::error::NONE, base_offset: base, high_watermark: end, log_start: cur.log_start });
             }
+            let entries = results.iter().filter(|r| r.error == crate::error::NONE).count() as u32;
+            ops.push(gc::on_commit(&req.object_key, req.object_size, entries));
             let reply = CommitWalReply { chunks: results };
             ops.push(Op::Put(keys::wal_object(&req.object_key), Bytes::from(reply.encode_to_vec())));
             replies.push(reply);
@@ -744,10 +766,11 @@ async fn delete_topic<M: MetaStore>(shared: &Shared<M>, name: String) -> TopicRe
     let Some(topic) = shared.topics.read().expect("poisoned").get(&name).cloned() else {
         return failure(name, E::UnknownTopicOrPartition, "This server does not host this topic-partition.");
     };
+    // The index entries go with the trimmer, which lets go of their objects too.
     let mut ops = vec![Op::Delete(keys::topic(&name))];
     for s in &topic.streams {
-        let (a, b) = keys::stream_all(*s);
-        ops.push(Op::DeleteRange(a, b));
+        ops.push(Op::Delete(keys::hwm(*s)));
+        ops.push(Op::Put(keys::deleted_stream(*s), Bytes::new()));
     }
     match shared.store.write(vec![], ops).await {
         Ok(_) => {
@@ -797,9 +820,11 @@ async fn add_partitions<M: MetaStore>(shared: &Shared<M>, name: String, count: i
     }
 }
 
+mod gc;
 mod log_start;
 mod topic_configs;
 
+pub use gc::run_trimmer;
 pub use log_start::run_retention;
 
 #[cfg(test)]

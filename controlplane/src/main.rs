@@ -60,6 +60,14 @@ struct Args {
     /// offsets forward, in milliseconds.
     #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
     retention_check_interval_ms: u64,
+    /// How often index entries below log start offsets and of deleted topics are let go of
+    /// (and their WAL objects released once no entry refers to them), in milliseconds.
+    #[arg(long, env = "SLUICE_GC_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    gc_interval_ms: u64,
+    /// How long a released WAL object stays in the object store before data planes delete it,
+    /// in milliseconds (a read that found it just before keeps working meanwhile).
+    #[arg(long, env = "SLUICE_GC_GRACE_MS", default_value_t = 300_000)]
+    gc_grace_ms: u64,
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
 }
@@ -155,6 +163,8 @@ async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) ->
         ..Default::default()
     };
     let coordinator = groups::Coordinator::start(ctl.shared.clone(), group_cfg).await.map_err(|e| format!("cannot load groups: {e}"))?;
+    ctl.shared.gc_grace_ms.store(args.gc_grace_ms, std::sync::atomic::Ordering::Relaxed);
+    tokio::spawn(controller::run_trimmer(ctl.clone(), Duration::from_millis(args.gc_interval_ms)));
     tokio::spawn(controller::run_retention(ctl.clone(), Duration::from_millis(args.retention_check_interval_ms)));
     if let Some(l) = metrics_listener {
         tokio::spawn(metrics::serve(l, ctl.clone(), coordinator.clone()));

@@ -40,6 +40,13 @@ async fn render<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
         "Partition log start offsets moved forward (retention and DeleteRecords).",
         ConstCounter::new(s.log_start_moves.load(Relaxed)),
     );
+    for (name, help, v) in [
+        ("sluice_index_entries_trimmed", "Index entries let go of (below log start offsets, of deleted topics).", &s.entries_trimmed),
+        ("sluice_wal_objects_released", "WAL objects whose last index entry went (garbage from then on).", &s.objects_released),
+        ("sluice_wal_objects_deleted", "Garbage WAL objects the data planes deleted from the object store.", &s.objects_deleted),
+    ] {
+        r.register(name, help, ConstCounter::new(v.load(Relaxed)));
+    }
     let topics = s.topics.read().expect("poisoned").len();
     r.register("sluice_topics", "Topics.", ConstGauge::new(i64::try_from(topics).unwrap_or(i64::MAX)));
     r.register("sluice_control_plane_epoch", "Epoch of this control plane.", ConstGauge::new(i64::try_from(s.epoch).unwrap_or(i64::MAX)));

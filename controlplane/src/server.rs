@@ -150,7 +150,9 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
                     send(&out_tx, id, reply).await;
                 });
             }
-            None => break Err(anyhow::anyhow!("empty envelope")),
+            // A message this control plane does not know (from a newer data plane): refused,
+            // and the connection stays, so a rolling upgrade does not cut data planes off.
+            None => send(&out_tx, id, failed(&Error::Malformed("unknown message (a newer data plane?)".into()))).await,
         }
     };
     if let Some(s) = session {
@@ -316,6 +318,10 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
             let moves = d.streams.into_iter().map(|s| (s.stream_id, s.offset)).collect();
             Body::DeleteRecordsReply(DeleteRecordsReply { results: ctl.move_log_starts(moves).await })
         }
+        Body::TakeGarbage(t) => match ctl.take_garbage(t.deleted, t.max.min(10_000) as usize).await {
+            Ok(objects) => Body::Garbage(Garbage { objects }),
+            Err(e) => failed(&Error::from(e)),
+        },
         Body::AllocateProducerId(_) => match allocate_producer_id(ctl).await {
             Ok(producer_id) => Body::ProducerIdAllocated(ProducerIdAllocated { producer_id }),
             Err(e) => failed(&Error::from(e)),

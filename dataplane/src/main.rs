@@ -32,6 +32,7 @@ mod config;
 mod conn;
 mod context;
 mod error;
+mod gc;
 mod http;
 mod meta;
 mod metrics;

@@ -23,6 +23,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("sluice_object_read_bytes_total", "counter", "Bytes read from the object store."),
     ("sluice_connections", "gauge", "Open Kafka client connections."),
     ("sluice_s3_hedged_puts_total", "counter", "S3 PUTs slower than the hedging percentile that sent a second copy."),
+    ("sluice_gc_objects_deleted_total", "counter", "Garbage WAL objects (no index entry refers to them) deleted from the object store."),
 ];
 
 /// Index into [`METRICS`].
@@ -40,6 +41,7 @@ pub enum M {
     ObjectReadBytes,
     Connections,
     HedgedPuts,
+    GcObjectsDeleted,
 }
 
 /// Latency histograms: name, help. Buckets are [`BUCKETS`] (seconds).

@@ -85,6 +85,7 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
         if let Some(addr) = shard.cfg.metrics_listen {
             glommio::spawn_local(serve_metrics(shard.clone(), addr)).detach();
         }
+        glommio::spawn_local(crate::gc::run(shard.clone())).detach();
     }
     loop {
         match listener.accept().await {

@@ -77,7 +77,7 @@ pub struct Envelope {
     /// The message.
     #[prost(
         oneof = "body::Body",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32"
     )]
     pub body: Option<body::Body>,
 }
@@ -176,6 +176,13 @@ pub mod body {
         /// Answer to [`DeleteRecords`].
         #[prost(message, tag = "30")]
         DeleteRecordsReply(DeleteRecordsReply),
+        /// Reports WAL objects deleted from the object store and asks for more to delete;
+        /// answered by [`Garbage`].
+        #[prost(message, tag = "31")]
+        TakeGarbage(TakeGarbage),
+        /// Answer to [`TakeGarbage`].
+        #[prost(message, tag = "32")]
+        Garbage(Garbage),
     }
 }
 
@@ -552,6 +559,38 @@ pub struct DeleteRecordsResult {
     pub low_watermark: i64,
 }
 
+/// A data plane's part in garbage collection: the objects it deleted since it last asked, and
+/// how many more it will take.
+#[derive(Clone, PartialEq, Message)]
+pub struct TakeGarbage {
+    /// Keys of objects deleted (every one handed out by an earlier [`Garbage`]).
+    #[prost(string, repeated, tag = "1")]
+    pub deleted: Vec<String>,
+    /// Most objects to hand out.
+    #[prost(uint32, tag = "2")]
+    pub max: u32,
+}
+
+/// WAL objects no index entry refers to any more, past their grace period: the data plane
+/// deletes them from the object store.
+#[derive(Clone, PartialEq, Message)]
+pub struct Garbage {
+    /// Objects to delete.
+    #[prost(message, repeated, tag = "1")]
+    pub objects: Vec<GarbageObject>,
+}
+
+/// One object to delete.
+#[derive(Clone, PartialEq, Message)]
+pub struct GarbageObject {
+    /// The key its put returned (what the index referred to).
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// Its size in bytes (a store that packs objects into shared files frees that range).
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+}
+
 /// Result for one topic of an admin request.
 #[derive(Clone, PartialEq, Message)]
 pub struct TopicResult {
@@ -742,6 +781,8 @@ mod tests {
             }),
             body::Body::DeleteRecords(DeleteRecords { streams: vec![DeleteRecordsStream { stream_id: 7, offset: -1 }] }),
             body::Body::DeleteRecordsReply(DeleteRecordsReply { results: vec![DeleteRecordsResult { error: 1, low_watermark: 5 }] }),
+            body::Body::TakeGarbage(TakeGarbage { deleted: vec!["a".into()], max: 9 }),
+            body::Body::Garbage(Garbage { objects: vec![GarbageObject { key: "seg/x@4096".into(), size: 10 }] }),
         ];
         for b in bodies {
             let env = Envelope { request_id: 3, body: Some(b) };

@@ -1,10 +1,10 @@
 //! Log start offsets: DeleteRecords and retention move a stream's first offset forward.
 //!
 //! The actor applies a move as one fenced transaction per batch of streams: the watermark
-//! record gets the new log start (conditioned on the version the sequencer holds, exactly as a
-//! commit is, so the two never overwrite each other) and the index entries that end at or below
-//! it are deleted. The WAL objects they pointed to stay until garbage collection knows that no
-//! entry refers to them; a fetch that resolved an entry before the move still reads its bytes.
+//! record gets the new log start, conditioned on the version the sequencer holds, exactly as a
+//! commit is, so the two never overwrite each other. Nothing reads below the log start from
+//! then on; the index entries there are let go of by the trimmer (see [`super::gc`]), with
+//! their objects' reference counts.
 //!
 //! Retention ([`run_retention`]) decides outside the actor, from the index, which log start each
 //! topic's `retention.ms` and `retention.bytes` call for, and hands the moves to the actor.
@@ -18,7 +18,7 @@ use sluice_rpc::configs::topic_config;
 use sluice_rpc::{body::Body, DeleteRecordsResult, IndexEntry, Topic, Watermark, Watermarks};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Streams moved in one transaction (two operations and one condition each, well under etcd's
+/// Streams moved in one transaction (one operation and one condition each, well under etcd's
 /// default of 128 operations per transaction).
 const MOVES_PER_TXN: usize = 32;
 /// Index entries read per page while retention looks for the new log start.
@@ -67,7 +67,6 @@ pub(super) async fn apply<M: MetaStore>(shared: &Shared<M>, moves: Vec<(u64, i64
             });
             let w = Watermark { stream_id: *s, log_start: *target, high_watermark: st.hwm };
             ops.push(Op::Put(keys::hwm(*s), Bytes::from(w.encode_to_vec())));
-            ops.push(Op::DeleteRange(keys::index(*s, 0), keys::index(*s, target + 1)));
         }
         match shared.store.write(conds, ops).await {
             Ok(revision) => {

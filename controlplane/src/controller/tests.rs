@@ -304,6 +304,9 @@ async fn log_start_moves_forward_drops_the_index_below_and_survives_reopen() {
     assert_eq!((r[1].error, r[1].low_watermark), (0, 20), "-1 is the high watermark");
     assert_eq!(r[2].error, i32::from(E::UnknownTopicOrPartition.code()));
     let offsets = |entries: Vec<IndexEntry>| entries.iter().map(|e| (e.base_offset, e.end_offset)).collect::<Vec<_>>();
+    // Look-ups from the log start never see what is below it; the trimmer deletes it.
+    assert_eq!(offsets(ctl.lookup(s0, 25, 10).await.unwrap()), vec![(20, 30), (30, 40)]);
+    gc::trim_pass(&ctl.shared).await.unwrap();
     assert_eq!(offsets(ctl.lookup(s0, 0, 10).await.unwrap()), vec![(20, 30), (30, 40)]);
     assert!(ctl.lookup(s1, 0, 10).await.unwrap().is_empty());
 
@@ -321,5 +324,55 @@ async fn log_start_moves_forward_drops_the_index_below_and_survives_reopen() {
     let ctl = Controller::start(store).await.unwrap();
     assert_eq!(ctl.watermark(s0).map(|w| (w.log_start, w.hwm)), Some((31, 41)));
     assert_eq!(ctl.watermark(s1).map(|w| (w.log_start, w.hwm)), Some((20, 20)));
+    gc::trim_pass(&ctl.shared).await.unwrap();
     assert_eq!(offsets(ctl.lookup(s0, 0, 10).await.unwrap()), vec![(30, 40), (40, 41)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_is_garbage_once_its_last_entry_goes_and_is_forgotten_once_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+    let ctl = Controller::start(store.clone()).await.unwrap();
+    ctl.shared.gc_grace_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    let (a, b) = (topic(&ctl, "a", 1).await.streams[0], topic(&ctl, "b", 1).await.streams[0]);
+    // o0 and o1 hold both streams; o2 only a; o3 names only a stream that does not exist.
+    for i in 0..2 {
+        ctl.commit(commit(&format!("o{i}"), vec![chunk(a, 10), chunk(b, 10)])).await.unwrap();
+    }
+    ctl.commit(commit("o2", vec![chunk(a, 10)])).await.unwrap();
+    ctl.commit(commit("o3", vec![chunk(999, 10)])).await.unwrap();
+    let garbage = |ctl: Controller<RedbMetaStore>| async move {
+        let mut keys: Vec<String> = ctl.take_garbage(vec![], 100).await.unwrap().into_iter().map(|g| g.key).collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(garbage(ctl.clone()).await, vec!["o3"], "an object whose commit created no entry is garbage at once");
+
+    // a's entries in o0 and o1 go: b still refers to both.
+    ctl.move_log_starts(vec![(a, 20)]).await;
+    gc::trim_pass(&ctl.shared).await.unwrap();
+    assert_eq!(garbage(ctl.clone()).await, vec!["o3"]);
+    // b's go too: o0 and o1 are garbage, o2 is not.
+    ctl.move_log_starts(vec![(b, -1)]).await;
+    gc::trim_pass(&ctl.shared).await.unwrap();
+    assert_eq!(garbage(ctl.clone()).await, vec!["o0", "o1", "o3"]);
+    assert!(store.get(&keys::wal_refs("o0")).await.unwrap().is_none());
+    assert!(store.get(&keys::wal_refs("o2")).await.unwrap().is_some());
+
+    // A deleted topic lets go of its entries (and so of o2) with the trimmer.
+    let r = ctl.delete_topics(vec!["a".into()]).await;
+    assert_eq!(r.results[0].error, 0);
+    assert_eq!(ctl.lookup(a, 0, 10).await.unwrap().len(), 1, "entries stay until the trimmer runs");
+    gc::trim_pass(&ctl.shared).await.unwrap();
+    assert!(ctl.lookup(a, 0, 10).await.unwrap().is_empty());
+    let (x, y) = keys::deleted_streams();
+    assert!(store.range(&x, &y, 10).await.unwrap().is_empty(), "the deleted stream's marker goes once it is trimmed");
+    assert_eq!(garbage(ctl.clone()).await, vec!["o0", "o1", "o2", "o3"]);
+
+    // Reported deleted: forgotten. Within the grace period: not handed out.
+    assert!(ctl.take_garbage(vec!["o0".into(), "o1".into(), "o3".into()], 100).await.unwrap().iter().all(|g| g.key == "o2"));
+    ctl.shared.gc_grace_ms.store(60_000, std::sync::atomic::Ordering::Relaxed);
+    assert!(ctl.take_garbage(vec![], 100).await.unwrap().is_empty());
+    ctl.shared.gc_grace_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(ctl.take_garbage(vec![], 100).await.unwrap()[0].size, 100, "the object's size comes with it");
 }

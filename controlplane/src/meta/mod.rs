@@ -176,9 +176,29 @@ pub mod keys {
     pub fn index_from(stream: u64, offset: i64) -> (String, String) {
         (index(stream, offset + 1), format!("{ROOT}streams/{stream:020}/index0"))
     }
-    /// Every key of a stream.
-    pub fn stream_all(stream: u64) -> (String, String) {
-        (format!("{ROOT}streams/{stream:020}/"), format!("{ROOT}streams/{stream:020}0"))
+    /// Every index key of a stream whose entry ends at or below `offset`.
+    pub fn index_below(stream: u64, offset: i64) -> (String, String) {
+        (index(stream, 0), index(stream, offset.saturating_add(1)))
+    }
+    /// A stream of a deleted topic whose index entries are still to be let go of.
+    pub fn deleted_stream(stream: u64) -> String {
+        format!("{ROOT}deleted_streams/{stream:020}")
+    }
+    /// Range of every [`deleted_stream`] key.
+    pub fn deleted_streams() -> (String, String) {
+        (format!("{ROOT}deleted_streams/"), format!("{ROOT}deleted_streams0"))
+    }
+    /// How many index entries refer to a committed WAL object, and its size.
+    pub fn wal_refs(object_key: &str) -> String {
+        format!("{ROOT}wal/refs/{object_key}")
+    }
+    /// A WAL object no index entry refers to any more: to be deleted from the object store.
+    pub fn wal_garbage(object_key: &str) -> String {
+        format!("{ROOT}wal/garbage/{object_key}")
+    }
+    /// Range of every [`wal_garbage`] key.
+    pub fn wal_garbage_all() -> (String, String) {
+        (format!("{ROOT}wal/garbage/"), format!("{ROOT}wal/garbage0"))
     }
     /// A committed WAL object, with the offsets its commit assigned.
     pub fn wal_object(object_key: &str) -> String {

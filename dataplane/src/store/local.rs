@@ -136,7 +136,11 @@ impl LocalObjectStore {
         let fits = |s: &Segment| s.next + len <= SEGMENT_BYTES;
         if !segs.current.as_ref().is_some_and(fits) {
             match segs.spare.take() {
-                Some(spare) => segs.current = Some(spare),
+                Some(spare) => {
+                    if let Some(full) = segs.current.replace(spare) {
+                        seal(full);
+                    }
+                }
                 None => {
                     drop(segs);
                     self.refill();
@@ -242,18 +246,29 @@ impl ObjectStore for LocalObjectStore {
         Box::pin(self.read_range(key, pos, len))
     }
 
-    /// Removes an object stored as a file. An object in a segment shares its file with others:
-    /// its range is let go of with the segment, once nothing in it is referenced (garbage
-    /// collection, later), so deleting it alone removes nothing.
-    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+    /// Removes an object. One stored as a file is unlinked. One in a segment shares its file
+    /// with others: its range is punched out (the blocks go back to the file system), and once
+    /// a sealed segment (see [`seal`]) has nothing allocated any more, its file goes too.
+    fn delete<'a>(&'a self, key: &'a str, len: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            let (path, at) = self.locate(key)?;
             if key.starts_with("seg/") {
-                return Ok(());
+                let file = match glommio::io::OpenOptions::new().read(true).write(true).dma_open(&path).await {
+                    Ok(f) => f,
+                    Err(glommio::GlommioError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                };
+                file.deallocate(at, len.div_ceil(ALIGN) * ALIGN).await?;
+                let stat = file.stat().await?;
+                file.close().await?;
+                if stat.allocated_file_size > 0 || stat.file_size >= SEGMENT_BYTES {
+                    return Ok(());
+                }
             }
-            let (path, _) = self.locate(key)?;
             self.readers.borrow_mut().retain(|(p, _)| *p != path);
+            let dir = if key.starts_with("seg/") { &self.seg_dir } else { &self.wal_dir };
             match glommio::io::remove(&path).await {
-                Ok(()) => sync_dir(&self.wal_dir).await,
+                Ok(()) => sync_dir(dir).await,
                 Err(e) if matches!(&e, glommio::GlommioError::IoError(io) if io.kind() == std::io::ErrorKind::NotFound) => Ok(()),
                 Err(e) => Err(e.into()),
             }
@@ -277,6 +292,24 @@ impl ObjectStore for LocalObjectStore {
             Ok(keys)
         })
     }
+}
+
+/// Cuts a segment no object will be put in any more down to what was put in it, which lets go
+/// of its unused tail and marks it sealed: a segment being filled (or prepared) is always
+/// exactly [`SEGMENT_BYTES`] long, so garbage collection never removes one (see
+/// [`LocalObjectStore::delete`]). Reservations end at `next`, so no write in flight reaches the
+/// cut. A segment filled to the last byte keeps its length: its objects are punched out all
+/// the same, and only its (empty) file stays.
+fn seal(seg: Segment) {
+    if seg.next >= SEGMENT_BYTES {
+        return;
+    }
+    glommio::spawn_local(async move {
+        if let Err(e) = seg.file.truncate(seg.next).await {
+            tracing::warn!(segment = %seg.name, error = %e, "cannot release the unused end of a segment");
+        }
+    })
+    .detach();
 }
 
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -349,6 +382,55 @@ mod tests {
                 assert_eq!(&store.get_range(key, 0, data.len()).await.expect("read")[..], &data[..], "{key}");
                 assert_eq!(&store.get_range(key, 1000, 500).await.expect("ranged read")[..], &data[1000..1500], "{key}");
             }
+        });
+    }
+
+    #[test]
+    fn deleting_every_object_of_a_sealed_segment_removes_it_and_spares_the_current_one() {
+        with_store(|store, path| async move {
+            let mut keys = Vec::new();
+            let seg_of = |k: &str| k.strip_prefix("seg/").and_then(|k| k.split('@').next()).map(str::to_string);
+            // Fill segments until a third one is in use: the first is sealed, the second too.
+            loop {
+                let data = object(keys.len(), 3 << 20);
+                let key = store.put(&format!("f-{}", keys.len()), &data).await.expect("put");
+                keys.push((key, data.len() as u64));
+                let segs: std::collections::BTreeSet<String> = keys.iter().filter_map(|(k, _)| seg_of(k)).collect();
+                if segs.len() >= 3 {
+                    break;
+                }
+            }
+            let first = keys.iter().find_map(|(k, _)| seg_of(k)).expect("a segment");
+            let current = keys.last().and_then(|(k, _)| seg_of(k)).expect("a segment");
+            let seg_file = |name: &str| path.join("seg").join(name);
+            // The sealed segment is cut to what was put in it (by a task of its own).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::metadata(seg_file(&first)).unwrap().len() >= SEGMENT_BYTES {
+                assert!(std::time::Instant::now() < deadline, "the sealed segment was never cut");
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            }
+
+            // Deleting all but one object of the first segment frees their blocks, not the file.
+            let in_first: Vec<_> = keys.iter().filter(|(k, _)| seg_of(k).as_deref() == Some(&first)).cloned().collect();
+            let (last, rest) = in_first.split_last().unwrap();
+            for (k, len) in rest {
+                store.delete(k, *len).await.expect("delete");
+            }
+            assert!(seg_file(&first).exists());
+            assert_eq!(
+                &store.get_range(&last.0, 0, 100).await.expect("a live neighbour reads")[..],
+                &object(keys.iter().position(|k| k == last).unwrap(), 100)[..]
+            );
+            store.delete(&last.0, last.1).await.expect("delete");
+            assert!(!seg_file(&first).exists(), "an emptied sealed segment stays");
+
+            // The segment being filled stays however empty it gets.
+            for (k, len) in keys.iter().filter(|(k, _)| seg_of(k).as_deref() == Some(&current)) {
+                store.delete(k, *len).await.expect("delete");
+            }
+            assert!(seg_file(&current).exists(), "the current segment was removed");
+            let key = store.put("after", &object(1, 1000)).await.expect("put after");
+            assert_eq!(&store.get_range(&key, 0, 1000).await.expect("read")[..], &object(1, 1000)[..]);
         });
     }
 

@@ -95,7 +95,7 @@ impl ObjectStore for MemObjectStore {
         })
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+    fn delete<'a>(&'a self, key: &'a str, _len: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.objects.borrow_mut().remove(key);
             Ok(())

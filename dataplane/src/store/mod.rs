@@ -35,9 +35,9 @@ pub trait ObjectStore {
     /// store may fail or, where objects share a file, return the bytes that follow.
     fn get_range<'a>(&'a self, key: &'a str, pos: u64, len: usize) -> StoreFuture<'a, BytesMut>;
 
-    /// Removes an object; removing one that is not there is not an error.
-    #[allow(dead_code)] // For garbage collection and retention; the contract tests cover it.
-    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+    /// Removes an object of `len` bytes (its size when it was put); removing one that is not
+    /// there is not an error.
+    fn delete<'a>(&'a self, key: &'a str, len: u64) -> StoreFuture<'a, ()>;
 
     /// The keys that start with `prefix`, sorted.
     #[allow(dead_code)] // For garbage collection and retention; the contract tests cover it.
@@ -63,7 +63,10 @@ pub(crate) mod tests {
         let other = store.put(&wal_object_key(3), b"second").await.expect("put");
         assert_ne!(key, other);
         assert_eq!(&store.get_range(&other, 0, 6).await.expect("read")[..], b"second");
-        store.delete(&wal_object_key(99)).await.expect("deleting a missing object is fine");
+        store.delete(&wal_object_key(99), 10).await.expect("deleting a missing object is fine");
+        store.delete(&other, 6).await.expect("delete");
+        assert!(store.get_range(&other, 0, 6).await.map_or(true, |b| b[..] != b"second"[..]), "a deleted object reads back");
+        assert_eq!(&store.get_range(&key, 4000, 100).await.expect("a neighbour stays")[..], &data[4000..4100]);
         let listed = store.list("").await.expect("list");
         assert!(listed.windows(2).all(|w| w[0] <= w[1]), "sorted: {listed:?}");
         assert!(store.list("no-such-prefix/").await.expect("list").is_empty());

@@ -396,7 +396,7 @@ impl ObjectStore for S3ObjectStore {
         })
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+    fn delete<'a>(&'a self, key: &'a str, _len: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             match self.request(Method::DELETE, key, "", Bytes::new(), None).await {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -558,7 +558,7 @@ mod tests {
                 store.put(&format!("gc/{i}.wal"), b"x").await.expect("put");
             }
             assert_eq!(store.list("gc/").await.expect("list"), ["gc/0.wal", "gc/1.wal", "gc/2.wal"]);
-            store.delete("gc/1.wal").await.expect("delete");
+            store.delete("gc/1.wal", 0).await.expect("delete");
             assert_eq!(store.list("gc/").await.expect("list"), ["gc/0.wal", "gc/2.wal"]);
             let missing = store.get_range("gc/1.wal", 0, 1).await.expect_err("deleted");
             assert_eq!(missing.kind(), io::ErrorKind::NotFound, "{missing}");
