@@ -14,6 +14,7 @@
 //! - [`server`]: a shard's start, the Kafka accept loop, the `/metrics` endpoint.
 //! - [`conn`]: one connection: framing, bad input, replies in request order.
 //! - [`api`]: one file per Kafka API, and the dispatcher.
+//! - [`gc`]: shard 0 deletes the WAL objects the control plane names as garbage.
 //! - [`order`]: the order of one connection's requests ([`order::Turn`]).
 //! - [`context`]: what one connection's requests share (peer, client id, principal).
 //! - [`shard`]: ownership: the owner function, the mesh, the one call that runs work on the
