@@ -79,7 +79,8 @@ EOF
 bench=$!
 pids+=($bench)
 
-metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { s += $2 } END { printf "%d", s }'; }
+# A metric's value summed over its labels (the data plane labels each shard's).
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%d", s }'; }
 meta_size() {
     if [ "$BACKEND" = local ]; then stat -c %s "$DATA/cp/meta.redb"; else
         ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$EPORT" endpoint status -w json |
@@ -88,7 +89,7 @@ meta_size() {
 }
 meta_keys() {
     if [ "$BACKEND" = local ]; then echo -; else
-        ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$EPORT" get "" --prefix --count-only -w json |
+        ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$EPORT" get "" --prefix --keys-only --limit 1 -w json |
             sed 's/.*"count":\([0-9]*\).*/\1/'
     fi
 }
@@ -99,9 +100,10 @@ while kill -0 "$bench" 2>/dev/null; do
     sleep 30
     t=$(($(date +%s) - start))
     produced=$(metric "$DMPORT" sluice_produce_bytes_total)
-    bytes=$(du -sb "$OBJECTS" | cut -f1)
-    allocated=$(du -s -B1 "$OBJECTS" | cut -f1)
-    files=$(find "$OBJECTS" -type f | wc -l)
+    # Objects come and go while these run: a file gone before du reaches it is not an error.
+    bytes=$({ du -sb "$OBJECTS" 2>/dev/null || true; } | cut -f1)
+    allocated=$({ du -s -B1 "$OBJECTS" 2>/dev/null || true; } | cut -f1)
+    files=$({ find "$OBJECTS" -type f 2>/dev/null || true; } | wc -l)
     printf "%d\t%.0f\t%.1f\t%.1f\t%d\t%s\t%.1f\t%s\t%s\t%s\n" "$t" "$((produced / 1000000))" "$(echo "$bytes / 1000000" | bc -l)" \
         "$(echo "$allocated / 1000000" | bc -l)" "$files" "$(meta_keys)" "$(echo "$(meta_size) / 1000000" | bc -l)" \
         "$(metric "$CMPORT" sluice_log_start_moves_total)" "$(metric "$CMPORT" sluice_wal_objects_released_total)" \

@@ -3,6 +3,9 @@ refers to it (records below the log start, a deleted topic), and never while one
 both back ends, reading the object store from outside Sluice (the S3 server's directory, the
 data directory's files)."""
 
+import random
+import time
+
 import pytest
 
 from cluster import free_port, wait_until
@@ -56,6 +59,7 @@ def test_objects_go_once_no_entry_refers_to_them(sluice_factory):
     rounds, per_round = 8, 400
     produce_to_both(sluice.bootstrap, [keep, drop], rounds, per_round)
     written = dp()["sluice_wal_object_bytes_total"]
+    _, before = stored(sluice)  # before anything is collected
     total = rounds * per_round
 
     # drop's records go: objects that also hold keep's stay, and keep reads back whole from the
@@ -75,7 +79,6 @@ def test_objects_go_once_no_entry_refers_to_them(sluice_factory):
         assert m.value.startswith(f"{keep}-{j // per_round}-{j % per_round}-".encode()), (j, m.value[:40])
 
     # keep is deleted: every object it held goes.
-    _, before = stored(sluice)
     client.delete_topics([keep])[keep].result(30)
 
     def gone():
@@ -92,10 +95,56 @@ def test_objects_go_once_no_entry_refers_to_them(sluice_factory):
     m = cp()
     assert m["sluice_wal_objects_deleted_total"] >= m["sluice_wal_objects_released_total"] > 0, m
     print(f"written {written / 1e6:.1f} MB in {m['sluice_wal_objects_released_total']:.0f} objects, "
-          f"store before/after delete: {before / 1e6:.1f} / {stored(sluice)[1] / 1e6:.1f} MB")
+          f"store before/after collection: {before / 1e6:.1f} / {stored(sluice)[1] / 1e6:.1f} MB")
 
     # Produce still works afterwards (nothing the writer uses was taken away).
     fresh = unique("fresh")
     create_topic(sluice.bootstrap, fresh, 1)
     produce_to_both(sluice.bootstrap, [fresh], 1, 10)
     assert len(consume_range(sluice.bootstrap, fresh, {0: 10})[0]) == 10
+
+
+@pytest.mark.each_backend
+def test_kill_9_during_collection_loses_nothing_and_collection_resumes(sluice_factory):
+    """kill -9 of the control plane (three times) and of the data plane while the trimmer and
+    the deletions run: the topic that stays reads back whole from the object store, and once
+    the last topic goes every object is collected all the same."""
+    sluice, cp, _ = gc_cluster(sluice_factory)
+    client = admin(sluice.bootstrap)
+    keep, drop = unique("keep"), unique("drop")
+    create_topic(sluice.bootstrap, keep, 1)
+    create_topic(sluice.bootstrap, drop, 1)
+    rounds, per_round = 6, 300
+    produce_to_both(sluice.bootstrap, [keep, drop], rounds, per_round)
+    total = rounds * per_round
+
+    assert delete_records(client, drop, {0: -1})[0].low_watermark == total
+    rng = random.Random(7)
+    for _ in range(3):
+        # Trimming runs every 200 ms: a kill at a random moment of its cycle lands in or between
+        # its transactions (chaos timing, not a wait for a condition).
+        time.sleep(rng.uniform(0, 0.4))
+        sluice.kill_controlplane()
+        sluice.start_controlplane()
+    sluice.kill_dataplane()
+    sluice.start_dataplane()
+    got = consume_range(sluice.bootstrap, keep, {0: total})[0]
+    assert_offsets_dense({0: got})
+    for j, m in enumerate(got):
+        assert m.value.startswith(f"{keep}-{j // per_round}-{j % per_round}-".encode()), (j, m.value[:40])
+
+    _, before = stored(sluice)
+    client.delete_topics([keep])[keep].result(30)
+    sluice.kill_controlplane()
+    sluice.start_controlplane()
+
+    def gone():
+        keys, size = stored(sluice)
+        if sluice.s3 is not None:
+            return not keys
+        return not [k for k in keys if k.startswith("wal/")] and size < before
+
+    try:
+        wait_until(gone, 60, interval=0.2, what="the objects to leave the store")
+    except TimeoutError:
+        raise AssertionError(f"left: {stored(sluice)} of {before} bytes before; {cp()}")
