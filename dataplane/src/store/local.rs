@@ -33,6 +33,9 @@ use std::rc::Rc;
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// DMA alignment of object ranges in a segment.
 const ALIGN: u64 = 4096;
+/// Length of a segment's file until it is sealed: objects fill at most [`SEGMENT_BYTES`], and
+/// the block after them marks the file as one that may still be written (see [`seal`]).
+const SEGMENT_FILE_BYTES: u64 = SEGMENT_BYTES + ALIGN;
 /// Files a shard keeps open for reads.
 const OPEN_FOR_READ: usize = 32;
 
@@ -261,7 +264,7 @@ impl ObjectStore for LocalObjectStore {
                 file.deallocate(at, len.div_ceil(ALIGN) * ALIGN).await?;
                 let stat = file.stat().await?;
                 file.close().await?;
-                if stat.allocated_file_size > 0 || stat.file_size >= SEGMENT_BYTES {
+                if stat.allocated_file_size > 0 || stat.file_size > SEGMENT_BYTES {
                     return Ok(());
                 }
             }
@@ -295,15 +298,12 @@ impl ObjectStore for LocalObjectStore {
 }
 
 /// Cuts a segment no object will be put in any more down to what was put in it, which lets go
-/// of its unused tail and marks it sealed: a segment being filled (or prepared) is always
-/// exactly [`SEGMENT_BYTES`] long, so garbage collection never removes one (see
-/// [`LocalObjectStore::delete`]). Reservations end at `next`, so no write in flight reaches the
-/// cut. A segment filled to the last byte keeps its length: its objects are punched out all
-/// the same, and only its (empty) file stays.
+/// of its unused tail and marks it sealed: a segment being filled (or prepared) is one guard
+/// block longer than anything put in it can reach ([`SEGMENT_FILE_BYTES`]), so a sealed one
+/// is always shorter, even when filled to the last byte, and garbage collection never removes
+/// one being filled (see [`LocalObjectStore::delete`]). Reservations end at `next`, so no write
+/// in flight reaches the cut.
 fn seal(seg: Segment) {
-    if seg.next >= SEGMENT_BYTES {
-        return;
-    }
     glommio::spawn_local(async move {
         if let Err(e) = seg.file.truncate(seg.next).await {
             tracing::warn!(segment = %seg.name, error = %e, "cannot release the unused end of a segment");
@@ -324,9 +324,9 @@ async fn sync_dir(dir: &Path) -> std::io::Result<()> {
 async fn prepare_segment(dir: &Path) -> std::io::Result<Segment> {
     let name = format!("{:032x}.seg", uuid::Uuid::new_v4().as_u128());
     let file = DmaFile::create(dir.join(&name)).await?;
-    if file.pre_allocate(SEGMENT_BYTES, false).await.is_err() {
+    if file.pre_allocate(SEGMENT_FILE_BYTES, false).await.is_err() {
         // A file system without fallocate: a sparse file, whose blocks each put's flush allocates.
-        file.truncate(SEGMENT_BYTES).await?;
+        file.truncate(SEGMENT_FILE_BYTES).await?;
     }
     file.fdatasync().await?;
     sync_dir(dir).await?;
@@ -392,7 +392,8 @@ mod tests {
             let seg_of = |k: &str| k.strip_prefix("seg/").and_then(|k| k.split('@').next()).map(str::to_string);
             // Fill segments until a third one is in use: the first is sealed, the second too.
             loop {
-                let data = object(keys.len(), 3 << 20);
+                // 4 MiB objects fill a segment to its last byte.
+                let data = object(keys.len(), 4 << 20);
                 let key = store.put(&format!("f-{}", keys.len()), &data).await.expect("put");
                 keys.push((key, data.len() as u64));
                 let segs: std::collections::BTreeSet<String> = keys.iter().filter_map(|(k, _)| seg_of(k)).collect();
@@ -405,7 +406,7 @@ mod tests {
             let seg_file = |name: &str| path.join("seg").join(name);
             // The sealed segment is cut to what was put in it (by a task of its own).
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while std::fs::metadata(seg_file(&first)).unwrap().len() >= SEGMENT_BYTES {
+            while std::fs::metadata(seg_file(&first)).unwrap().len() > SEGMENT_BYTES {
                 assert!(std::time::Instant::now() < deadline, "the sealed segment was never cut");
                 glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
             }
