@@ -208,7 +208,10 @@ impl S3ObjectStore {
         self.hedged.get()
     }
 
-    /// Deletes a losing hedged copy in the background.
+    /// Deletes a losing hedged copy in the background: at once, and again once a request's
+    /// deadline has passed, since the server may finish storing a PUT whose request was dropped
+    /// after its body was sent, after the first DELETE (the 15-minute soak on s3s-fs left a few
+    /// losing copies a minute behind before it deleted twice).
     fn forget(&self, key: String) {
         let (opts, host, addr) = (self.opts.clone(), self.host.clone(), self.addr);
         glommio::spawn_local(async move {
@@ -222,8 +225,13 @@ impl S3ObjectStore {
                 hedged: Cell::new(0),
                 metrics: None,
             };
-            if let Err(e) = store.request(Method::DELETE, &key, "", Bytes::new(), None).await {
-                tracing::debug!(key, error = %e, "cannot delete a hedged PUT's losing copy");
+            for again in [false, true] {
+                if again {
+                    glommio::timer::sleep(store.opts.request_timeout).await;
+                }
+                if let Err(e) = store.request(Method::DELETE, &key, "", Bytes::new(), None).await {
+                    tracing::debug!(key, error = %e, "cannot delete a hedged PUT's losing copy");
+                }
             }
         })
         .detach();
