@@ -27,14 +27,9 @@ cleanup() {
     rm -rf "$DATA"
 }
 trap cleanup EXIT
-wait_port() {
-    for _ in $(seq 1 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened" >&2
-    exit 1
-}
+# wait_port, shared with the benchmark scripts.
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 
 meta=() store=()
 case "$BACKEND" in

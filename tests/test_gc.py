@@ -3,9 +3,6 @@ refers to it (records below the log start, a deleted topic), and never while one
 both back ends, reading the object store from outside Sluice (the S3 server's directory, the
 data directory's files)."""
 
-import random
-import time
-
 import pytest
 
 from cluster import free_port, wait_until
@@ -49,15 +46,32 @@ def produce_to_both(bootstrap, topics, rounds, per_round):
         assert p.flush(60) == 0
 
 
-@pytest.mark.each_backend
-def test_objects_go_once_no_entry_refers_to_them(sluice_factory):
-    sluice, cp, dp = gc_cluster(sluice_factory)
+def two_topics(sluice, rounds, per_round):
+    """Topics `keep` and `drop` whose records share WAL objects; returns (admin, keep, drop)."""
     client = admin(sluice.bootstrap)
     keep, drop = unique("keep"), unique("drop")
     create_topic(sluice.bootstrap, keep, 1)
     create_topic(sluice.bootstrap, drop, 1)
-    rounds, per_round = 8, 400
     produce_to_both(sluice.bootstrap, [keep, drop], rounds, per_round)
+    return client, keep, drop
+
+
+def assert_reads_back_cold(sluice, topic, rounds, per_round):
+    """Every record of `topic`, in order, read from the object store (the data plane restarts
+    first, so its cache holds nothing)."""
+    sluice.kill_dataplane()
+    sluice.start_dataplane()
+    got = consume_range(sluice.bootstrap, topic, {0: rounds * per_round})[0]
+    assert_offsets_dense({0: got})
+    for j, m in enumerate(got):
+        assert m.value.startswith(f"{topic}-{j // per_round}-{j % per_round}-".encode()), (j, m.value[:40])
+
+
+@pytest.mark.each_backend
+def test_objects_go_once_no_entry_refers_to_them(sluice_factory):
+    sluice, cp, dp = gc_cluster(sluice_factory)
+    rounds, per_round = 8, 400
+    client, keep, drop = two_topics(sluice, rounds, per_round)
     written = dp()["sluice_wal_object_bytes_total"]
     _, before = stored(sluice)  # before anything is collected
     total = rounds * per_round
@@ -71,12 +85,7 @@ def test_objects_go_once_no_entry_refers_to_them(sluice_factory):
             m.get("sluice_wal_objects_deleted_total", 0) >= m.get("sluice_wal_objects_released_total", 0)
 
     wait_until(collected, 30, interval=0.2, what="drop's entries to be trimmed and its own objects deleted")
-    sluice.kill_dataplane()
-    sluice.start_dataplane()
-    got = consume_range(sluice.bootstrap, keep, {0: total})[0]
-    assert_offsets_dense({0: got})
-    for j, m in enumerate(got):
-        assert m.value.startswith(f"{keep}-{j // per_round}-{j % per_round}-".encode()), (j, m.value[:40])
+    assert_reads_back_cold(sluice, keep, rounds, per_round)
 
     # keep is deleted: every object it held goes.
     client.delete_topics([keep])[keep].result(30)
@@ -110,28 +119,17 @@ def test_kill_9_during_collection_loses_nothing_and_collection_resumes(sluice_fa
     the deletions run: the topic that stays reads back whole from the object store, and once
     the last topic goes every object is collected all the same."""
     sluice, cp, _ = gc_cluster(sluice_factory)
-    client = admin(sluice.bootstrap)
-    keep, drop = unique("keep"), unique("drop")
-    create_topic(sluice.bootstrap, keep, 1)
-    create_topic(sluice.bootstrap, drop, 1)
     rounds, per_round = 6, 300
-    produce_to_both(sluice.bootstrap, [keep, drop], rounds, per_round)
+    client, keep, drop = two_topics(sluice, rounds, per_round)
     total = rounds * per_round
 
     assert delete_records(client, drop, {0: -1})[0].low_watermark == total
-    rng = random.Random(7)
     for _ in range(3):
-        # Trimming runs every 200 ms: a kill at a random moment of its cycle lands in or between
-        # its transactions (chaos timing, not a wait for a condition).
-        time.sleep(rng.uniform(0, 0.4))
+        # A control plane trims as soon as it leads (then every 200 ms): killed right after the
+        # log start moved, then right after each restart is ready, it dies in or around a pass.
         sluice.kill_controlplane()
         sluice.start_controlplane()
-    sluice.kill_dataplane()
-    sluice.start_dataplane()
-    got = consume_range(sluice.bootstrap, keep, {0: total})[0]
-    assert_offsets_dense({0: got})
-    for j, m in enumerate(got):
-        assert m.value.startswith(f"{keep}-{j // per_round}-{j % per_round}-".encode()), (j, m.value[:40])
+    assert_reads_back_cold(sluice, keep, rounds, per_round)
 
     _, before = stored(sluice)
     client.delete_topics([keep])[keep].result(30)
