@@ -54,7 +54,8 @@ start_backends() { # start_backends PROFILE: s3s-fs, the proxy with PROFILE, etc
 
 start_sluice_s3() { # start_sluice_s3 [data plane flags...]
     "$BIN/sluice-controlplane" --metadata "etcd://127.0.0.1:$ETCDPORT/bench" --data-dir "$OUT/cp" \
-        --rpc-listen "127.0.0.1:$RPORT" --metrics-listen "127.0.0.1:$CMPORT" >"$OUT/sluice-controlplane.log" 2>&1 &
+        --rpc-listen "127.0.0.1:$RPORT" --metrics-listen "127.0.0.1:$CMPORT" --object-store s3://sluice/wal \
+        --s3-endpoint "http://127.0.0.1:$PROXYPORT" >"$OUT/sluice-controlplane.log" 2>&1 &
     pids+=($!)
     wait_port "$RPORT"
     "$BIN/sluice-dataplane" --data-dir "$OUT/dp" --controlplane "127.0.0.1:$RPORT" --listen "127.0.0.1:$KPORT" \

@@ -56,7 +56,8 @@ CPS=()
 for i in 1 2; do
     port="$(free_port)"
     CPS+=("127.0.0.1:$port")
-    "$BIN/sluice-controlplane" --metadata "$META" --data-dir "$RUN/cp$i" --rpc-listen "127.0.0.1:$port" >"$RUN/controlplane$i.log" 2>&1 &
+    "$BIN/sluice-controlplane" --metadata "$META" --data-dir "$RUN/cp$i" --rpc-listen "127.0.0.1:$port" \
+        --object-store s3://sluice/wal --s3-endpoint "http://127.0.0.1:$S3_PORT" >"$RUN/controlplane$i.log" 2>&1 &
     pids+=($!)
     wait_port "$port"
 done

@@ -31,9 +31,12 @@ trap cleanup EXIT
 # shellcheck source=scripts/bench-lib.sh
 . "$ROOT/scripts/bench-lib.sh"
 
-meta=() store=()
+meta=() store=() cp_store=()
 case "$BACKEND" in
-local) OBJECTS="$DATA/dp/objects" ;;
+local)
+    OBJECTS="$DATA/dp/objects"
+    cp_store=(--object-store "file://$DATA/dp/objects")
+    ;;
 s3)
     export AWS_ACCESS_KEY_ID=soak AWS_SECRET_ACCESS_KEY=soak-secret-key
     mkdir -p "$DATA/s3/sluice"
@@ -49,13 +52,14 @@ s3)
     wait_port "$EPORT"
     meta=(--metadata "etcd://127.0.0.1:$EPORT")
     store=(--object-store s3://sluice/soak --s3-endpoint "http://127.0.0.1:$SPORT")
+    cp_store=("${store[@]}")
     OBJECTS="$DATA/s3/sluice"
     ;;
 *) echo "backend must be local or s3" >&2; exit 2 ;;
 esac
 
 "$BIN/sluice-controlplane" --data-dir "$DATA/cp" --rpc-listen "127.0.0.1:$RPORT" --metrics-listen "127.0.0.1:$CMPORT" \
-    --retention-check-interval-ms 10000 --gc-interval-ms 5000 --gc-grace-ms 30000 "${meta[@]}" >"$OUT/controlplane.log" 2>&1 &
+    --retention-check-interval-ms 10000 --gc-interval-ms 5000 --gc-grace-ms 30000 "${meta[@]}" "${cp_store[@]}" >"$OUT/controlplane.log" 2>&1 &
 pids+=($!)
 "$BIN/sluice-dataplane" --data-dir "$DATA/dp" --controlplane "127.0.0.1:$RPORT" --listen "127.0.0.1:$KPORT" \
     --cores "$CORES" --metrics-listen "127.0.0.1:$DMPORT" "${store[@]}" >"$OUT/dataplane.log" 2>&1 &

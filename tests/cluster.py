@@ -236,12 +236,17 @@ class Sluice:
         if self.etcd is not None:
             meta = ["--metadata", f"etcd://{self.etcd.endpoint}/{self.etcd_namespace}"]
         return [binary(CONTROLPLANE), "--data-dir", str(self.cp_dir),
-                "--rpc-listen", self.rpc_addr, *meta, *self.controlplane_args]
+                "--rpc-listen", self.rpc_addr, *meta, *self.object_store_args(), *self.controlplane_args]
+
+    def object_store_args(self):
+        """Where the data plane keeps its objects (the control plane's compaction reads them there
+        and writes the topics' tables beside them)."""
+        if self.s3 is not None:
+            return ["--object-store", f"s3://{self.s3.BUCKET}/{self.s3_prefix}", "--s3-endpoint", self.s3.endpoint]
+        return ["--object-store", f"file://{self.dp_dir / 'objects'}"]
 
     def dataplane_cmd(self):
-        store = []
-        if self.s3 is not None:
-            store = ["--object-store", f"s3://{self.s3.BUCKET}/{self.s3_prefix}", "--s3-endpoint", self.s3.endpoint]
+        store = self.object_store_args() if self.s3 is not None else []
         return [binary(DATAPLANE), "--data-dir", str(self.dp_dir),
                 "--controlplane", ",".join([self.rpc_addr, *self.standby_rpc]), "--listen", self.bootstrap,
                 "--cores", str(self.cores), *store, *self.dataplane_args]

@@ -73,6 +73,8 @@ pub struct Shared<M> {
     pub objects_deleted: std::sync::atomic::AtomicU64,
     /// How long an object stays in the object store after its last index entry went, in ms.
     pub gc_grace_ms: std::sync::atomic::AtomicU64,
+    /// What compaction into the topics' tables did.
+    pub compaction: Arc<crate::lake::compact::Stats>,
 }
 
 /// Default of [`Shared::gc_grace_ms`]: far longer than any read of an object takes.
@@ -186,6 +188,7 @@ impl<M: MetaStore + Clone> Controller<M> {
             objects_released: Default::default(),
             objects_deleted: Default::default(),
             gc_grace_ms: (GC_GRACE.as_millis() as u64).into(),
+            compaction: Default::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let (stopped_tx, stopped) = tokio::sync::watch::channel(());
@@ -551,6 +554,7 @@ async fn apply_commits<M: MetaStore>(
     let mut next: HashMap<u64, StreamState> = HashMap::new();
     let mut ops = Vec::new();
     let mut replies = Vec::with_capacity(fresh.len());
+    let committed_ms = gc::now_ms();
     {
         let streams = shared.streams.read().expect("poisoned");
         for (req, _) in &fresh {
@@ -571,6 +575,8 @@ async fn apply_commits<M: MetaStore>(
                     crc: c.crc,
                     max_timestamp: c.max_timestamp,
                     batch_count: c.batch_count,
+                    committed_ms,
+                    ..Default::default()
                 };
                 ops.push(Op::Put(keys::index(c.stream_id, end), Bytes::from(entry.encode_to_vec())));
                 if !next.contains_key(&c.stream_id) {
@@ -820,7 +826,7 @@ async fn add_partitions<M: MetaStore>(shared: &Shared<M>, name: String, count: i
     }
 }
 
-mod gc;
+pub(crate) mod gc;
 mod log_start;
 mod topic_configs;
 

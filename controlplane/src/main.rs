@@ -11,6 +11,7 @@ mod controller;
 mod election;
 mod error;
 mod groups;
+mod lake;
 mod meta;
 mod metrics;
 mod server;
@@ -68,6 +69,40 @@ struct Args {
     /// in milliseconds (a read that found it just before keeps working meanwhile).
     #[arg(long, env = "SLUICE_GC_GRACE_MS", default_value_t = 300_000)]
     gc_grace_ms: u64,
+    /// The object store the data planes write to, which compaction reads WAL objects from and
+    /// writes the topics' tables to: `file://DIR` or `s3://BUCKET[/PREFIX]` (default
+    /// DATA_DIR/objects, the data plane's default when both share a data directory).
+    #[arg(long, env = "SLUICE_OBJECT_STORE")]
+    object_store: Option<String>,
+    /// S3 endpoint (`http://HOST:PORT`), for `--object-store s3://`.
+    #[arg(long, env = "SLUICE_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "SLUICE_S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// The Iceberg catalog of the topics' tables: `sqlite://PATH?mode=rwc` (iceberg's SQL
+    /// catalog; default DATA_DIR/catalog.db).
+    #[arg(long, env = "SLUICE_CATALOG")]
+    catalog: Option<String>,
+    /// How often compaction looks for partitions to turn into Parquet, in milliseconds.
+    #[arg(long, env = "SLUICE_COMPACTION_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    compaction_interval_ms: u64,
+    /// A partition is compacted once this many bytes of WAL chunks wait...
+    #[arg(long, env = "SLUICE_COMPACTION_MIN_BYTES", default_value_t = 64 << 20)]
+    compaction_min_bytes: u64,
+    /// ...or once its oldest waiting chunk is this old, in milliseconds.
+    #[arg(long, env = "SLUICE_COMPACTION_MAX_AGE_MS", default_value_t = 600_000)]
+    compaction_max_age_ms: u64,
+    /// Most WAL bytes that go into one Parquet file.
+    #[arg(long, env = "SLUICE_COMPACTION_FILE_BYTES", default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    compaction_file_bytes: u64,
+    /// Target record bytes per Parquet row group (what a fetch of a compacted range reads).
+    #[arg(long, env = "SLUICE_COMPACTION_ROW_GROUP_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    compaction_row_group_bytes: u64,
+    /// Threads compaction runs on (its own runtime, apart from the one serving data planes;
+    /// default: half the cores).
+    #[arg(long, env = "SLUICE_COMPACTION_THREADS", value_parser = clap::value_parser!(u64).range(1..))]
+    compaction_threads: Option<u64>,
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
 }
@@ -166,6 +201,7 @@ async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) ->
     ctl.shared.gc_grace_ms.store(args.gc_grace_ms, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(controller::run_trimmer(ctl.clone(), Duration::from_millis(args.gc_interval_ms)));
     tokio::spawn(controller::run_retention(ctl.clone(), Duration::from_millis(args.retention_check_interval_ms)));
+    start_compaction(&args, &ctl).await?;
     if let Some(l) = metrics_listener {
         tokio::spawn(metrics::serve(l, ctl.clone(), coordinator.clone()));
     }
@@ -187,6 +223,40 @@ async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) ->
             Ok(())
         }
     }
+}
+
+/// Opens the lake and starts compaction on a runtime of its own (kept for the life of the
+/// process), so its CPU work never delays the answers to data planes.
+async fn start_compaction<M: meta::MetaStore + Clone + 'static>(args: &Args, ctl: &controller::Controller<M>) -> Result<(), String> {
+    let cfg = lake::LakeConfig::from_flags(
+        &args.data_dir,
+        args.object_store.as_deref(),
+        args.s3_endpoint.as_deref(),
+        &args.s3_region,
+        args.catalog.as_deref(),
+    )?;
+    let threads = args.compaction_threads.map(|t| t as usize).unwrap_or_else(|| {
+        std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("compaction")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the compaction runtime: {e}"))?;
+    let lake = rt.spawn(lake::Lake::open(cfg)).await.map_err(|e| format!("compaction runtime: {e}"))??;
+    let policy = lake::compact::Policy {
+        min_bytes: args.compaction_min_bytes,
+        max_age: Duration::from_millis(args.compaction_max_age_ms),
+        max_bytes: args.compaction_file_bytes,
+        row_group_bytes: args.compaction_row_group_bytes,
+        interval: Duration::from_millis(args.compaction_interval_ms),
+    };
+    let stats = ctl.shared.compaction.clone();
+    rt.spawn(lake::compact::run(ctl.clone(), Arc::new(lake), policy, stats));
+    // The runtime lives as long as the process: dropping it here would stop compaction.
+    std::mem::forget(rt);
+    Ok(())
 }
 
 async fn shutdown() {

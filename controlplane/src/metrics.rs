@@ -47,6 +47,19 @@ async fn render<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
     ] {
         r.register(name, help, ConstCounter::new(v.load(Relaxed)));
     }
+    let c = &s.compaction;
+    for (name, help, v) in [
+        ("sluice_compaction_passes", "Compaction passes over every topic.", &c.passes),
+        ("sluice_compaction_files", "Parquet files compaction committed to topics' tables.", &c.files),
+        ("sluice_compaction_rows", "Records compaction wrote to topics' tables.", &c.rows),
+        ("sluice_compaction_wal_bytes", "WAL chunk bytes compaction read (of files it wrote).", &c.wal_bytes),
+        ("sluice_compaction_parquet_bytes", "Bytes of the Parquet files compaction committed.", &c.parquet_bytes),
+        ("sluice_compaction_write_ms", "Milliseconds compaction spent writing files (read, decode, encode, upload).", &c.write_ms),
+        ("sluice_compaction_undecodable_chunks", "WAL chunks compaction could not decode (they stay WAL).", &c.undecodable_chunks),
+        ("sluice_compaction_failures", "Compaction passes or topics that stopped on an error.", &c.failures),
+    ] {
+        r.register(name, help, ConstCounter::new(v.load(Relaxed)));
+    }
     let topics = s.topics.read().expect("poisoned").len();
     r.register("sluice_topics", "Topics.", ConstGauge::new(i64::try_from(topics).unwrap_or(i64::MAX)));
     r.register("sluice_control_plane_epoch", "Epoch of this control plane.", ConstGauge::new(i64::try_from(s.epoch).unwrap_or(i64::MAX)));

@@ -368,10 +368,28 @@ pub struct IndexEntry {
     /// Largest timestamp in the chunk.
     #[prost(int64, tag = "7")]
     pub max_timestamp: i64,
-    /// Number of batches.
+    /// Number of batches (of a Parquet row group: its rows).
     #[prost(uint32, tag = "8")]
     pub batch_count: u32,
+    /// What the range holds: [`ENTRY_WAL`] (a chunk of record batches) or [`ENTRY_PARQUET`] (a
+    /// row group of a Parquet file of the topic's table, whose footer ends at `file_size`).
+    #[prost(uint32, tag = "9")]
+    pub format: u32,
+    /// Size of the object (Parquet entries: where the footer ends).
+    #[prost(uint64, tag = "10")]
+    pub file_size: u64,
+    /// Index of the row group in the Parquet file.
+    #[prost(uint32, tag = "11")]
+    pub row_group: u32,
+    /// When the control plane committed the entry (ms since the epoch; 0: before this field).
+    #[prost(int64, tag = "12")]
+    pub committed_ms: i64,
 }
+
+/// [`IndexEntry::format`] of a WAL chunk.
+pub const ENTRY_WAL: u32 = 0;
+/// [`IndexEntry::format`] of a Parquet row group.
+pub const ENTRY_PARQUET: u32 = 1;
 
 /// Answer to [`Lookup`].
 #[derive(Clone, PartialEq, Message)]

@@ -33,11 +33,15 @@ const PAGE: usize = 1000;
 
 /// How many index entries refer to an object.
 #[derive(Clone, PartialEq, Message)]
-pub(super) struct ObjectRefs {
+pub(crate) struct ObjectRefs {
     #[prost(uint32, tag = "1")]
     pub entries: u32,
     #[prost(uint64, tag = "2")]
     pub size: u64,
+    /// For a Parquet file: the topic id (hex) whose table holds it; such a file is kept while
+    /// the table exists. Empty for WAL objects.
+    #[prost(string, tag = "3")]
+    pub table_of: String,
 }
 
 /// An object no entry refers to, since `since_ms`.
@@ -49,11 +53,11 @@ struct GarbageRecord {
     since_ms: i64,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-fn bad(what: &str, e: prost::DecodeError) -> MetaError {
+pub(crate) fn bad(what: &str, e: prost::DecodeError) -> MetaError {
     MetaError::Backend(format!("bad {what} record: {e}"))
 }
 
@@ -62,7 +66,7 @@ fn bad(what: &str, e: prost::DecodeError) -> MetaError {
 /// garbage record.
 pub(super) fn on_commit(object_key: &str, size: u64, entries: u32) -> Op {
     if entries > 0 {
-        Op::Put(keys::wal_refs(object_key), Bytes::from(ObjectRefs { entries, size }.encode_to_vec()))
+        Op::Put(keys::wal_refs(object_key), Bytes::from(ObjectRefs { entries, size, table_of: String::new() }.encode_to_vec()))
     } else {
         Op::Put(keys::wal_garbage(object_key), Bytes::from(GarbageRecord { size, since_ms: now_ms() }.encode_to_vec()))
     }
@@ -119,23 +123,7 @@ async fn trim<M: MetaStore>(shared: &Shared<M>, a: &str, b: &str) -> Result<(), 
             conds.push(Cond::Version(key.clone(), v.version));
             ops.push(Op::Delete(key.clone()));
         }
-        let now = now_ms();
-        let mut released = 0;
-        for (object, n) in per_object {
-            let key = keys::wal_refs(&object);
-            // No count: committed before counts were kept; it stays in the object store.
-            let Some(v) = shared.store.get(&key).await? else { continue };
-            let refs = ObjectRefs::decode(v.value).map_err(|e| bad("refs", e))?;
-            conds.push(Cond::Version(key.clone(), v.version));
-            if refs.entries > n {
-                ops.push(Op::Put(key, Bytes::from(ObjectRefs { entries: refs.entries - n, size: refs.size }.encode_to_vec())));
-            } else {
-                ops.push(Op::Delete(key));
-                let record = GarbageRecord { size: refs.size, since_ms: now };
-                ops.push(Op::Put(keys::wal_garbage(&object), Bytes::from(record.encode_to_vec())));
-                released += 1;
-            }
-        }
+        let released = lower_refs(shared, per_object, &mut conds, &mut ops).await?;
         shared.store.write(conds, ops).await?;
         shared.entries_trimmed.fetch_add(rows.len() as u64, Relaxed);
         shared.objects_released.fetch_add(released, Relaxed);
@@ -143,6 +131,45 @@ async fn trim<M: MetaStore>(shared: &Shared<M>, a: &str, b: &str) -> Result<(), 
             return Ok(());
         }
     }
+}
+
+/// Adds to a transaction the conditions and writes that lower the reference counts of objects
+/// by the number of entries given; an object at zero becomes garbage, or, when its table holds
+/// it, released (see [`keys::lake_released`]). Returns how many went to zero.
+pub(crate) async fn lower_refs<M: MetaStore>(
+    shared: &Shared<M>,
+    per_object: BTreeMap<String, u32>,
+    conds: &mut Vec<Cond>,
+    ops: &mut Vec<Op>,
+) -> Result<u64, MetaError> {
+    let now = now_ms();
+    let mut released = 0;
+    for (object, n) in per_object {
+        let key = keys::wal_refs(&object);
+        // No count: committed before counts were kept; it stays in the object store.
+        let Some(v) = shared.store.get(&key).await? else { continue };
+        let refs = ObjectRefs::decode(v.value).map_err(|e| bad("refs", e))?;
+        conds.push(Cond::Version(key.clone(), v.version));
+        if refs.entries > n {
+            ops.push(Op::Put(key, Bytes::from(ObjectRefs { entries: refs.entries - n, ..refs }.encode_to_vec())));
+        } else {
+            ops.push(Op::Delete(key));
+            if refs.table_of.is_empty() {
+                let record = GarbageRecord { size: refs.size, since_ms: now };
+                ops.push(Op::Put(keys::wal_garbage(&object), Bytes::from(record.encode_to_vec())));
+            } else {
+                let record = ObjectRefs { entries: 0, ..refs };
+                ops.push(Op::Put(keys::lake_released(&object), Bytes::from(record.encode_to_vec())));
+            }
+            released += 1;
+        }
+    }
+    Ok(released)
+}
+
+/// The operation that makes a released table file garbage (once its table is gone).
+pub(crate) fn garbage_op(object_key: &str, size: u64) -> Op {
+    Op::Put(keys::wal_garbage(object_key), Bytes::from(GarbageRecord { size, since_ms: now_ms() }.encode_to_vec()))
 }
 
 /// Forgets the objects a data plane deleted, then hands out up to `max` objects that have been

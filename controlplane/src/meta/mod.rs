@@ -208,6 +208,24 @@ pub mod keys {
     pub fn wal_objects() -> (String, String) {
         (format!("{ROOT}wal/objects/"), format!("{ROOT}wal/objects0"))
     }
+    /// A Parquet file of a topic's table that no index entry refers to any more: it stays in
+    /// the object store while its table holds it. The value is the topic id.
+    pub fn lake_released(object_key: &str) -> String {
+        format!("{ROOT}lake/released/{object_key}")
+    }
+    /// Range of every [`lake_released`] key.
+    pub fn lake_released_all() -> (String, String) {
+        (format!("{ROOT}lake/released/"), format!("{ROOT}lake/released0"))
+    }
+    /// A compaction of a topic under way: its files, maybe committed to the table, whose index
+    /// swap is not done.
+    pub fn lake_intent(topic_id: &str) -> String {
+        format!("{ROOT}lake/intents/{topic_id}")
+    }
+    /// Range of every [`lake_intent`] key.
+    pub fn lake_intents() -> (String, String) {
+        (format!("{ROOT}lake/intents/"), format!("{ROOT}lake/intents0"))
+    }
     /// Every key of every group.
     pub fn groups() -> (String, String) {
         (format!("{ROOT}groups/"), format!("{ROOT}groups0"))

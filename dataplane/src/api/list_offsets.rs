@@ -115,12 +115,11 @@ async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64
     // The chunk holding the largest timestamp is the first to reach it, and no record before
     // it in the chunk does: the first record at or after it is the one.
     let ts = if ts == MAX_TIMESTAMP { entry.max_timestamp } else { ts };
-    let data = shard.store.get_range(&entry.object_key, entry.position, entry.length as usize).await?;
-    let batches = wal_format::batch::split(&data).map_err(|e| Error::CorruptObject(format!("{}: {e}", entry.object_key)))?;
-    let mut base = entry.base_offset;
-    for (pos, h) in batches {
+    let (data, spans) = shard.parts.reader.entry_batches(stream, &entry).await?;
+    for (pos, len, base, _) in spans {
+        let bytes = &data[pos..pos + len];
+        let h = wal_format::batch::parse_header(bytes).map_err(|e| Error::CorruptObject(format!("{}: {e}", entry.object_key)))?;
         if h.max_timestamp >= ts {
-            let bytes = &data[pos..pos + h.size()];
             if let Ok(records) = wal_format::batch::record_positions(bytes) {
                 if let Some(r) = records.iter().find(|r| r.timestamp >= ts) {
                     return Ok(Some((base + i64::from(r.offset_delta), r.timestamp)));
@@ -129,13 +128,12 @@ async fn by_time(shard: &Shard, stream: u64, ts: i64) -> Result<Option<(i64, i64
                 let mut buf = bytes::Bytes::copy_from_slice(bytes);
                 if let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
                     if let Some(r) = set.records.iter().find(|r| r.timestamp >= ts) {
-                        return Ok(Some((base + (r.offset - h.base_offset), r.timestamp)));
+                        return Ok(Some((r.offset, r.timestamp)));
                     }
                 }
             }
             return Ok(Some((base, h.max_timestamp)));
         }
-        base += h.offset_count();
     }
     Ok(None)
 }

@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod marks;
+pub mod parquet;
 pub mod producers;
 pub mod reader;
 pub mod writer;

@@ -5,17 +5,21 @@
 use super::{Deps, Piece, ReadReq, ReadResult, Settings};
 use crate::error::Error;
 use crate::metrics::M;
-use sluice_rpc::{IndexEntry, Lookup};
+use super::parquet::{self, Footers, RowGroupBytes, Span};
+use bytes::Bytes;
+use sluice_rpc::{IndexEntry, Lookup, ENTRY_PARQUET};
 
 /// Reads committed batches.
 pub struct Reader {
     settings: Settings,
     deps: Deps,
+    /// Footers of the Parquet files recently read.
+    footers: Footers,
 }
 
 impl Reader {
     pub(super) fn new(settings: Settings, deps: Deps) -> Self {
-        Reader { settings, deps }
+        Reader { settings, deps, footers: Footers::default() }
     }
 
     /// Asks the sequencer for the authoritative marks of streams (this shard's view may lag
@@ -110,13 +114,38 @@ impl Reader {
     }
 
     async fn load_entry(&self, stream: u64, e: &IndexEntry) -> Result<Vec<(i64, i64, Piece)>, Error> {
+        let (buf, spans) = self.entry_batches(stream, e).await?;
+        let mut cache = self.deps.cache.borrow_mut();
+        let mut out = Vec::with_capacity(spans.len());
+        for (pos, len, base, last) in spans {
+            let piece = Piece { buf: buf.clone(), range: pos..pos + len };
+            cache.insert(stream, base, last, piece.clone());
+            out.push((base, last, piece));
+        }
+        Ok(out)
+    }
+
+    /// The record batches an index entry names, with their real offsets: a WAL chunk's batches
+    /// patched in place, or a Parquet row group's records rebuilt into batches.
+    pub async fn entry_batches(&self, stream: u64, e: &IndexEntry) -> Result<(Bytes, Vec<Span>), Error> {
         let metrics = &self.deps.metrics;
         metrics.add(M::ObjectReads, 1);
         metrics.add(M::ObjectReadBytes, u64::from(e.length));
-        let data = self.deps.store.get_range(&e.object_key, e.position, e.length as usize).await.map_err(|err| {
+        let read_failed = |err: std::io::Error| {
             tracing::error!(object = %e.object_key, error = %err, "object read failed");
             Error::from(err)
-        })?;
+        };
+        if e.format == ENTRY_PARQUET {
+            let store = &*self.deps.store;
+            let meta = self.footers.get(store, &e.object_key, e.file_size).await?;
+            let data = store.get_range(&e.object_key, e.position, e.length as usize).await.map_err(read_failed)?;
+            let bytes = RowGroupBytes { start: e.position, data: data.freeze(), file_size: e.file_size };
+            return parquet::rebuild(meta, e.row_group as usize, bytes).map_err(|err| {
+                tracing::error!(object = %e.object_key, row_group = e.row_group, error = %err, "Parquet row group unreadable");
+                Error::CorruptObject(format!("{}: {err}", e.object_key))
+            });
+        }
+        let data = self.deps.store.get_range(&e.object_key, e.position, e.length as usize).await.map_err(read_failed)?;
         let info = wal_format::object::ChunkInfo { stream_id: stream, position: e.position, length: e.length, crc: e.crc };
         if let Err(err) = info.verify(&data) {
             tracing::error!(object = %e.object_key, error = %err, "object chunk corrupt");
@@ -131,14 +160,6 @@ impl Reader {
             spans.push((*pos, h.size(), offset, offset + h.offset_count() - 1));
             offset += h.offset_count();
         }
-        let buf = buf.freeze();
-        let mut cache = self.deps.cache.borrow_mut();
-        let mut out = Vec::with_capacity(spans.len());
-        for (pos, len, base, last) in spans {
-            let piece = Piece { buf: buf.clone(), range: pos..pos + len };
-            cache.insert(stream, base, last, piece.clone());
-            out.push((base, last, piece));
-        }
-        Ok(out)
+        Ok((buf.freeze(), spans))
     }
 }

@@ -56,6 +56,7 @@ impl FakeSequencer {
                 crc: ch.crc,
                 max_timestamp: ch.max_timestamp,
                 batch_count: ch.batch_count,
+                ..Default::default()
             });
             reply.chunks.push(ChunkResult { error: 0, base_offset: base, high_watermark: *end, log_start: 0 });
         }

@@ -19,6 +19,9 @@
 //! segment ready or an object too large for a segment is written as a file of its own under
 //! `objects/wal/` instead: written to `objects/tmp/`, synced, renamed, directory synced.
 //! Reads are ranged (one chunk of an object at a time).
+//!
+//! The topics' tables (Parquet and Iceberg metadata files the control plane's compaction writes)
+//! live under `tables/` as plain files; their keys are their paths there.
 
 use super::{ObjectStore, StoreFuture};
 use bytes::BytesMut;
@@ -69,6 +72,9 @@ struct Segments {
     spare: Option<Segment>,
     preparing: bool,
 }
+
+/// Prefix of the keys of the topics' tables' files, kept as plain files under the store's root.
+const TABLES: &str = "tables/";
 
 /// Objects under `DATA_DIR/objects`. One per shard.
 pub struct LocalObjectStore {
@@ -197,6 +203,13 @@ impl LocalObjectStore {
     /// Where an object's bytes are: a file and the offset of the object in it.
     fn locate(&self, key: &str) -> std::io::Result<(PathBuf, u64)> {
         let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad object key {key}"));
+        if let Some(file) = key.strip_prefix(TABLES) {
+            // A file of a topic's table (written by the control plane's compaction).
+            if file.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+                return Err(bad());
+            }
+            return Ok((self.root.join(key), 0));
+        }
         match key.strip_prefix("seg/").and_then(|k| k.rsplit_once('@')) {
             Some((name, at)) => Ok((self.seg_dir.join(name), at.parse().map_err(|_| bad())?)),
             None if key.is_empty() || key.contains('/') => Err(bad()),
@@ -269,7 +282,15 @@ impl ObjectStore for LocalObjectStore {
                 }
             }
             self.readers.borrow_mut().retain(|(p, _)| *p != path);
-            let dir = if key.starts_with("seg/") { &self.seg_dir } else { &self.wal_dir };
+            let table_dir;
+            let dir = if key.starts_with("seg/") {
+                &self.seg_dir
+            } else if key.starts_with(TABLES) {
+                table_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+                &table_dir
+            } else {
+                &self.wal_dir
+            };
             match glommio::io::remove(&path).await {
                 Ok(()) => sync_dir(dir).await,
                 Err(e) if matches!(&e, glommio::GlommioError::IoError(io) if io.kind() == std::io::ErrorKind::NotFound) => Ok(()),
