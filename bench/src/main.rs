@@ -104,6 +104,22 @@ pub struct Args {
     /// Seconds to wait for consumers to receive every acknowledged record after producing stops.
     #[arg(long, default_value_t = 30.0)]
     pub drain_timeout: f64,
+    /// What fills record values after their 16-byte header: `pattern` (a repeating byte
+    /// ramp, the same in every record) or `text` (JSON-like log lines, different in every
+    /// record: what compression of real payloads looks like).
+    #[arg(long, value_enum, default_value = "pattern")]
+    pub payload: Payload,
+    /// Fetch-only: a shell command run after the backlog is produced and before consumers start
+    /// (e.g. one that waits for compaction and restarts the data plane so its cache is cold).
+    #[arg(long)]
+    pub before_consume: Option<String>,
+}
+
+/// Record value contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Payload {
+    Pattern,
+    Text,
 }
 
 /// The resolved workload.
@@ -128,6 +144,8 @@ pub struct Workload {
     pub drain_timeout: Duration,
     pub queue_messages: u64,
     pub client_config: Vec<(String, String)>,
+    pub payload: Payload,
+    pub before_consume: Option<String>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -164,9 +182,14 @@ impl Workload {
             drain_timeout: Duration::from_secs_f64(a.drain_timeout),
             queue_messages: a.queue_messages.max(1),
             client_config: a.client_config.clone(),
+            payload: a.payload,
+            before_consume: a.before_consume.clone(),
         };
         if w.record_size < workload::HEADER_BYTES {
             bail!("--record-size must be at least {}", workload::HEADER_BYTES);
+        }
+        if w.payload == Payload::Text && w.record_size > 512 << 10 {
+            bail!("--payload text takes records of at most 512 KiB");
         }
         if w.partitions < 1 || w.producers < 1 {
             bail!("--partitions and --producers must be at least 1");

@@ -217,6 +217,12 @@ fn run_fetch_only(w: &Workload, counters: Arc<Counters>) -> Result<RunResult> {
     let none = Window { start: u64::MAX, end: u64::MAX };
     let progress = spawn_progress(w, &counters);
     produce(w, &counters, none, t0, w.backlog)?;
+    if let Some(cmd) = &w.before_consume {
+        let status = std::process::Command::new("sh").arg("-c").arg(cmd).status().context("--before-consume")?;
+        if !status.success() {
+            anyhow::bail!("--before-consume command failed: {status}");
+        }
+    }
     // Phase 2: consumers read it from the beginning; the window covers the whole read.
     let beginning = vec![Offset::Beginning; w.partitions as usize];
     let _ = beginning;
@@ -277,6 +283,7 @@ fn produce(w: &Workload, counters: &Arc<Counters>, window: Window, t0: u64, limi
             for (i, b) in value.iter_mut().enumerate().skip(HEADER_BYTES) {
                 *b = (i % 251) as u8;
             }
+            let text = (w.payload == crate::Payload::Text).then(|| text_payload(1 << 20, id as u64));
             let mut seq: u64 = 0;
             loop {
                 let intended = if per_producer_rate > 0.0 {
@@ -307,6 +314,11 @@ fn produce(w: &Workload, counters: &Arc<Counters>, window: Window, t0: u64, limi
                 };
                 if intended >= end || seq >= per_producer_limit {
                     break;
+                }
+                if let Some(text) = &text {
+                    let body = w.record_size - HEADER_BYTES;
+                    let at = (seq as usize).wrapping_mul(7919) % (text.len() - body);
+                    value[HEADER_BYTES..].copy_from_slice(&text[at..at + body]);
                 }
                 value[0..8].copy_from_slice(&intended.to_be_bytes());
                 value[8..16].copy_from_slice(&(((id as u64) << 40) | seq).to_be_bytes());
@@ -461,4 +473,48 @@ fn spawn_progress(w: &Workload, counters: &Arc<Counters>) -> Progress {
         }
     });
     Progress { stop, handle: Some(handle) }
+}
+
+/// `len` bytes of JSON-like log lines from a small vocabulary with varying numbers (what text
+/// payloads compress like), the same for the same `seed`.
+fn text_payload(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "checkout",
+        "payment",
+        "user",
+        "session",
+        "cart",
+        "search",
+        "login",
+        "error",
+        "timeout",
+        "retry",
+        "warehouse",
+        "shipping",
+        "invoice",
+        "refund",
+        "catalog",
+        "review",
+    ];
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let mut out = Vec::with_capacity(len + 256);
+    while out.len() < len {
+        let line = format!(
+            "{{\"ts\":{},\"level\":\"{}\",\"service\":\"{}\",\"user\":{},\"event\":\"{} {}\",\"amount\":{}.{:02}}}\n",
+            1_700_000_000_000u64 + next() % 1_000_000_000,
+            if next() % 10 == 0 { "warn" } else { "info" },
+            WORDS[(next() % 16) as usize],
+            next() % 100_000,
+            WORDS[(next() % 16) as usize],
+            WORDS[(next() % 16) as usize],
+            next() % 10_000,
+            next() % 100,
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
+    out
 }

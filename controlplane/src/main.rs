@@ -235,9 +235,10 @@ async fn start_compaction<M: meta::MetaStore + Clone + 'static>(args: &Args, ctl
         &args.s3_region,
         args.catalog.as_deref(),
     )?;
-    let threads = args.compaction_threads.map(|t| t as usize).unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1)
-    });
+    let threads = args
+        .compaction_threads
+        .map(|t| t as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("compaction")

@@ -163,7 +163,12 @@ pub async fn run<M: MetaStore + Clone + 'static>(ctl: Controller<M>, lake: Arc<L
 
 /// Finishes compactions left under way, compacts every topic that has enough waiting, and lets
 /// go of the files of dropped tables.
-pub async fn pass<M: MetaStore + Clone + 'static>(ctl: &Controller<M>, lake: &Arc<Lake>, policy: &Policy, stats: &Arc<Stats>) -> Result<(), Error> {
+pub async fn pass<M: MetaStore + Clone + 'static>(
+    ctl: &Controller<M>,
+    lake: &Arc<Lake>,
+    policy: &Policy,
+    stats: &Arc<Stats>,
+) -> Result<(), Error> {
     let shared = &ctl.shared;
     let (a, b) = keys::lake_intents();
     for (key, v) in shared.store.range(&a, &b, usize::MAX).await? {
@@ -194,7 +199,10 @@ async fn release_dropped<M: MetaStore>(shared: &Shared<M>, live: &HashMap<String
         let refs = ObjectRefs::decode(v.value).map_err(|e| bad("released", e))?;
         if !ids.contains(&refs.table_of) {
             let object = &key[prefix.len()..];
-            shared.store.write(vec![Cond::Version(key.clone(), v.version)], vec![Op::Delete(key.clone()), garbage_op(object, refs.size)]).await?;
+            shared
+                .store
+                .write(vec![Cond::Version(key.clone(), v.version)], vec![Op::Delete(key.clone()), garbage_op(object, refs.size)])
+                .await?;
         }
     }
     Ok(())
@@ -284,15 +292,15 @@ async fn compact_topic<M: MetaStore + Clone + 'static>(
     }
     let intent = Intent { id: intent_id.clone(), topic: topic.name.clone(), topic_id: hex(&topic.topic_id), files };
     let key = keys::lake_intent(&intent.topic_id);
-    if let Err(e) = shared.store.write(vec![Cond::Absent(key.clone())], vec![Op::Put(key.clone(), Bytes::from(intent.encode_to_vec()))]).await {
+    if let Err(e) =
+        shared.store.write(vec![Cond::Absent(key.clone())], vec![Op::Put(key.clone(), Bytes::from(intent.encode_to_vec()))]).await
+    {
         delete_files(lake, &intent.files).await;
         return Err(e.into());
     }
     let tx = Transaction::new(&table);
-    let append = tx
-        .fast_append()
-        .add_data_files(data_files)
-        .set_snapshot_properties(HashMap::from([(INTENT_PROP.to_string(), intent_id.clone())]));
+    let append =
+        tx.fast_append().add_data_files(data_files).set_snapshot_properties(HashMap::from([(INTENT_PROP.to_string(), intent_id.clone())]));
     let committed = match append.apply(tx) {
         Ok(tx) => tx.commit(&lake.catalog).await.map(|_| ()),
         Err(e) => Err(e),
@@ -445,7 +453,8 @@ async fn write_file(
     }
     let schema = table.metadata().current_schema().clone();
     let arrow_schema = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
-    let record_bytes: usize = rows.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len()) + r.key.as_ref().map_or(0, |k| k.len()) + 24).sum();
+    let record_bytes: usize =
+        rows.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len()) + r.key.as_ref().map_or(0, |k| k.len()) + 24).sum();
     let per_group = (policy.row_group_bytes as usize).saturating_mul(rows.len().max(1)) / record_bytes.max(1);
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Other(e.to_string()))?))
@@ -453,7 +462,13 @@ async fn write_file(
         .build();
     let names = DefaultFileNameGenerator::new(format!("{intent_id}-{partition}"), None, DataFileFormat::Parquet);
     let location = DefaultLocationGenerator::new(table.metadata())?;
-    let rolling = RollingFileWriterBuilder::new(ParquetWriterBuilder::new(props, schema.clone()), usize::MAX / 2, table.file_io().clone(), location, names);
+    let rolling = RollingFileWriterBuilder::new(
+        ParquetWriterBuilder::new(props, schema.clone()),
+        usize::MAX / 2,
+        table.file_io().clone(),
+        location,
+        names,
+    );
     let spec = table.metadata().default_partition_spec().as_ref().clone();
     let key = PartitionKey::new(spec, schema.clone(), Struct::from_iter([Some(Literal::int(partition))]));
     let mut writer = DataFileWriterBuilder::new(rolling).build(Some(key)).await?;

@@ -24,7 +24,9 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder, SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
+use iceberg_catalog_sql::{
+    SqlBindStyle, SqlCatalog, SqlCatalogBuilder, SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE,
+};
 use iceberg_storage_opendal::OpenDalStorageFactory;
 use sluice_rpc::Topic;
 use std::collections::HashMap;
@@ -114,8 +116,11 @@ pub struct Lake {
 impl Lake {
     /// Opens (creating when new) the catalog and its namespace.
     pub async fn open(cfg: LakeConfig) -> Result<Self, String> {
-        let factory: Arc<dyn StorageFactory> =
-            if cfg.local() { Arc::new(OpenDalStorageFactory::Fs) } else { Arc::new(OpenDalStorageFactory::S3 { customized_credential_load: None }) };
+        let factory: Arc<dyn StorageFactory> = if cfg.local() {
+            Arc::new(OpenDalStorageFactory::Fs)
+        } else {
+            Arc::new(OpenDalStorageFactory::S3 { customized_credential_load: None })
+        };
         let mut props = cfg.props.clone();
         props.insert(SQL_CATALOG_PROP_URI.into(), cfg.catalog_uri.clone());
         props.insert(SQL_CATALOG_PROP_WAREHOUSE.into(), format!("{}/tables", cfg.store_root));

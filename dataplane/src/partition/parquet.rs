@@ -159,7 +159,8 @@ fn binary(col: &ArrayRef, i: usize) -> Option<Bytes> {
 impl Batches {
     fn add(&mut self, batch: &RecordBatch) -> Result<(), String> {
         let offsets = column(batch, "offset")?.as_primitive_opt::<Int64Type>().ok_or("offset is not a long")?;
-        let timestamps = column(batch, "timestamp")?.as_primitive_opt::<TimestampMicrosecondType>().ok_or("timestamp is not a timestamp")?;
+        let timestamps =
+            column(batch, "timestamp")?.as_primitive_opt::<TimestampMicrosecondType>().ok_or("timestamp is not a timestamp")?;
         let types = column(batch, "timestamp_type")?.as_primitive_opt::<Int32Type>().ok_or("timestamp_type is not an int")?;
         let (keys, values) = (column(batch, "key")?, column(batch, "value")?);
         let headers = column(batch, "headers")?.as_list_opt::<i32>().ok_or("headers is not a list")?;
@@ -272,8 +273,7 @@ mod tests {
 
     #[test]
     fn rebuilt_batches_decode_with_their_records() {
-        let mut b = Batches::default();
-        b.pending = (0..3)
+        let pending = (0..3)
             .map(|i| Rec {
                 offset: 40 + i,
                 timestamp: 1_000 + i,
@@ -282,6 +282,7 @@ mod tests {
                 headers: vec![(Bytes::from_static(b"dup"), Some(Bytes::from_static(b"1"))), (Bytes::from_static(b"dup"), None)],
             })
             .collect();
+        let mut b = Batches { pending, ..Default::default() };
         b.flush().unwrap();
         let (pos, len, base, last) = b.spans[0];
         assert_eq!((pos, base, last), (0, 40, 42));

@@ -2,10 +2,10 @@
 //! committed objects the sequencer's index points at (patched with their real offsets and kept
 //! in the cache). Long polls wait on [`super::Watermarks::wait_past`].
 
+use super::parquet::{self, Footers, RowGroupBytes, Span};
 use super::{Deps, Piece, ReadReq, ReadResult, Settings};
 use crate::error::Error;
 use crate::metrics::M;
-use super::parquet::{self, Footers, RowGroupBytes, Span};
 use bytes::Bytes;
 use sluice_rpc::{IndexEntry, Lookup, ENTRY_PARQUET};
 
