@@ -3,18 +3,22 @@ table (read here by pyiceberg through the same SQLite catalog, and queried with 
 the index to them, and the data plane serves fetches of compacted ranges from Parquet. Runs on
 both back ends."""
 
+import os
+import shutil
 import threading
 import time
 
 import duckdb
 import pytest
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 from pyiceberg.catalog.sql import SqlCatalog
 
 from cluster import free_port, wait_until
 from helpers import (assert_no_duplicates, assert_offsets_dense, assert_same_records, consume_range, consumer,
                      create_topic, make_records, produce_records, producer, unique)
 from test_bench import scrape
+from test_retention import delete_records
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 
@@ -178,3 +182,70 @@ def test_restarts_in_the_middle_of_compaction_leave_the_table_and_the_index_agre
     got = consume_range(sluice.bootstrap, topic, {0: 2000, 1: 2000})
     assert_offsets_dense(got)
     assert_same_records(records, got)
+
+
+def table_files(sluice, topic):
+    """Paths of the data files the topic's table holds now."""
+    table = catalog(sluice).load_table(("sluice", topic))
+    return sorted(task.file.file_path for task in table.scan().plan_files())
+
+
+def file_exists(sluice, path):
+    if sluice.s3 is not None:
+        key = path.split(f"s3://{sluice.s3.BUCKET}/", 1)[1]
+        return key in sluice.s3.objects(key)
+    return os.path.exists(path.removeprefix("file://"))
+
+
+@pytest.mark.each_backend
+def test_rows_past_retention_leave_the_table_and_their_files_go(sluice_factory):
+    sluice, cp = lake_cluster(sluice_factory)
+    follow, keep = unique("lake-follow"), unique("lake-keep")
+    create_topic(sluice.bootstrap, follow, 1)
+    create_topic(sluice.bootstrap, keep, 1, config={"sluice.table.keep": "true"})
+    # Three rounds, each compacted before the next is produced: no file holds two rounds.
+    for r in range(3):
+        for topic in (follow, keep):
+            produce_records(sluice.bootstrap, topic, make_records(500, 1, f"{topic}-{r}"))
+        for topic in (follow, keep):
+            wait_for_table(sluice, topic, 500 * (r + 1))
+    before = table_files(sluice, follow)
+    client = AdminClient({"bootstrap.servers": sluice.bootstrap})
+    for topic in (follow, keep):
+        assert delete_records(client, topic, {0: 1000})[0].low_watermark == 1000
+
+    # The files of the first two rounds leave follow's table and then the object store; keep's
+    # table keeps every row.
+    def only_last_round():
+        rows = table_rows(sluice, follow)
+        return rows.num_rows == 500 and min(rows.column("offset").to_pylist()) == 1000
+    wait_until(only_last_round, 60, interval=0.3, what="rows below 1000 gone from the table")
+    gone = sorted(set(before) - set(table_files(sluice, follow)))
+    assert gone, "files left the table"
+    wait_until(lambda: not any(file_exists(sluice, f) for f in gone), 60, interval=0.3,
+               what="the removed files deleted from the object store")
+    assert all(file_exists(sluice, f) for f in table_files(sluice, follow)), "files the table holds stay"
+    assert table_rows(sluice, keep).num_rows == 1500
+    assert all(file_exists(sluice, f) for f in table_files(sluice, keep))
+    got = consume_range(sluice.bootstrap, follow, {0: 1500}, start_offsets={0: 1000})[0]
+    assert [m.offset for m in got] == list(range(1000, 1500))
+
+
+@pytest.mark.parametrize("backend", ["s3+etcd"], indirect=True)
+def test_a_control_plane_that_lost_its_disk_continues_the_same_table(sluice_factory):
+    """etcd records each table's current metadata file: a control plane starting on an empty
+    data directory (a standby taking over, a replaced machine) puts the table back into its
+    catalog and goes on appending to it."""
+    sluice, _ = lake_cluster(sluice_factory)
+    topic = unique("lake-adopt")
+    create_topic(sluice.bootstrap, topic, 1)
+    records = make_records(1000, 1, "adopt")
+    deliveries = produce_records(sluice.bootstrap, topic, records[:500])
+    wait_for_table(sluice, topic, 500)
+    sluice.kill_controlplane()
+    shutil.rmtree(sluice.cp_dir)
+    sluice.cp_dir.mkdir()
+    sluice.start_controlplane()
+    wait_for_table(sluice, topic, 500)
+    deliveries += produce_records(sluice.bootstrap, topic, records[500:])
+    assert_table_holds(wait_for_table(sluice, topic, 1000), records, deliveries)

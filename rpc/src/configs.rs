@@ -148,6 +148,12 @@ pub const TOPIC_CONFIGS: &[TopicConfig] = &[
     TopicConfig { name: "segment.jitter.ms", default: "0", kind: ConfigType::Long(0), doc: "Accepted for compatibility." },
     TopicConfig { name: "segment.ms", default: "604800000", kind: ConfigType::Long(1), doc: "Accepted for compatibility." },
     TopicConfig {
+        name: "sluice.table.keep",
+        default: "false",
+        kind: ConfigType::Boolean,
+        doc: "true: rows stay in the topic's Iceberg table after retention or DeleteRecords removed them from the stream (history in the lake).",
+    },
+    TopicConfig {
         name: "unclean.leader.election.enable",
         default: "false",
         kind: ConfigType::Boolean,

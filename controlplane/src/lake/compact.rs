@@ -150,8 +150,18 @@ pub fn brief(e: &iceberg::Error) -> String {
 pub async fn run<M: MetaStore + Clone + 'static>(ctl: Controller<M>, lake: Arc<Lake>, policy: Policy, stats: Arc<Stats>) {
     let mut tick = tokio::time::interval(policy.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut adopted = false;
     loop {
         tick.tick().await;
+        if !adopted {
+            match adopt_tables(&ctl.shared, &lake).await {
+                Ok(()) => adopted = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the tables' records from the metadata store");
+                    continue;
+                }
+            }
+        }
         if let Err(e) = pass(&ctl, &lake, &policy, &stats).await {
             stats.failures.fetch_add(1, Relaxed);
             // A lost race, an unreachable store or catalog: the next pass starts again.
@@ -183,6 +193,7 @@ pub async fn pass<M: MetaStore + Clone + 'static>(
             tracing::warn!(topic = %topic.name, error = %e, "compaction of a topic stopped");
         }
     }
+    super::retention::apply(shared, lake, &topics).await?;
     let live: HashMap<String, String> = topics.iter().map(|t| (t.name.clone(), hex(&t.topic_id))).collect();
     for name in lake.drop_orphan_tables(&live).await? {
         tracing::info!(table = %name, "dropped the table of a deleted topic");
@@ -190,9 +201,37 @@ pub async fn pass<M: MetaStore + Clone + 'static>(
     release_dropped(shared, &live).await
 }
 
+/// Brings the catalog up to the tables the metadata store records (a new leader's catalog may
+/// lag, or be empty).
+async fn adopt_tables<M: MetaStore>(shared: &Shared<M>, lake: &Lake) -> Result<(), Error> {
+    let by_id: HashMap<String, Topic> = shared.topics.read().expect("poisoned").values().map(|t| (hex(&t.topic_id), t.clone())).collect();
+    let (a, b) = keys::lake_tables();
+    for (key, v) in shared.store.range(&a, &b, usize::MAX).await? {
+        if let Some(topic) = by_id.get(&key[a.len()..]) {
+            lake.adopt(topic, &String::from_utf8_lossy(&v.value)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Records where the table of `topic` is now (after a commit), for [`adopt_tables`].
+pub(super) async fn remember<M: MetaStore>(shared: &Shared<M>, lake: &Lake, name: &str, topic_id: &str) -> Result<(), Error> {
+    let table = lake.catalog.load_table(&Lake::ident(name)).await?;
+    let Some(location) = table.metadata_location() else { return Ok(()) };
+    let key = keys::lake_table(topic_id);
+    shared.store.write(vec![], vec![Op::Put(key, Bytes::from(location.to_string()))]).await?;
+    Ok(())
+}
+
 /// Makes garbage of the released files whose topic is gone (their table was dropped above).
 async fn release_dropped<M: MetaStore>(shared: &Shared<M>, live: &HashMap<String, String>) -> Result<(), Error> {
     let ids: std::collections::HashSet<&String> = live.values().collect();
+    let (a, b) = keys::lake_tables();
+    for (key, _) in shared.store.range(&a, &b, usize::MAX).await? {
+        if !ids.contains(&key[a.len()..].to_string()) {
+            shared.store.write(vec![], vec![Op::Delete(key)]).await?;
+        }
+    }
     let (a, b) = keys::lake_released_all();
     let prefix = a.clone();
     for (key, v) in shared.store.range(&a, &b, usize::MAX).await? {
@@ -302,20 +341,47 @@ async fn compact_topic<M: MetaStore + Clone + 'static>(
     let append =
         tx.fast_append().add_data_files(data_files).set_snapshot_properties(HashMap::from([(INTENT_PROP.to_string(), intent_id.clone())]));
     let committed = match append.apply(tx) {
-        Ok(tx) => tx.commit(&lake.catalog).await.map(|_| ()),
+        Ok(tx) => tx.commit(&lake.catalog).await,
         Err(e) => Err(e),
     };
-    if let Err(e) = committed {
-        // The commit may still have happened (its answer lost): resuming looks at the table.
-        tracing::warn!(topic = %topic.name, error = %brief(&e), "table commit failed; resolving");
-        return resume(shared, lake, &key, intent).await;
-    }
+    let table = match committed {
+        Ok(t) => t,
+        Err(e) => {
+            // The commit may still have happened (its answer lost): resuming looks at the table.
+            tracing::warn!(topic = %topic.name, error = %brief(&e), "table commit failed; resolving");
+            return resume(shared, lake, &key, intent).await;
+        }
+    };
     let (rows, parquet): (u64, u64) =
         intent.files.iter().fold((0, 0), |(r, b), f| (r + f.row_groups.iter().map(|g| u64::from(g.rows)).sum::<u64>(), b + f.size));
     stats.files.fetch_add(intent.files.len() as u64, Relaxed);
     stats.rows.fetch_add(rows, Relaxed);
     stats.parquet_bytes.fetch_add(parquet, Relaxed);
-    finish(shared, &key, &intent).await
+    finish(shared, &key, &intent).await?;
+    // Only now: a pending intent is resolved by finding its snapshot.
+    expire_snapshots(lake, &table).await;
+    remember(shared, lake, &topic.name, &intent.topic_id).await
+}
+
+/// How long a table keeps the snapshots before its current one (time travel); every commit adds
+/// one to the table's metadata, so they cannot all stay.
+const SNAPSHOT_MAX_AGE_MS: i64 = 3_600_000;
+
+/// Expires the table's snapshots older than [`SNAPSHOT_MAX_AGE_MS`] (never the current one).
+async fn expire_snapshots(lake: &Lake, table: &iceberg::table::Table) {
+    let now = now_ms();
+    let oldest = table.metadata().snapshots().map(|s| s.timestamp_ms()).min();
+    if oldest.is_none_or(|t| now - t < SNAPSHOT_MAX_AGE_MS) || table.metadata().snapshots().count() < 2 {
+        return;
+    }
+    let tx = Transaction::new(table);
+    let expired = match tx.expire_snapshots().expire_older_than_ms(now - SNAPSHOT_MAX_AGE_MS).retain_last(1).apply(tx) {
+        Ok(tx) => tx.commit(&lake.catalog).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = expired {
+        tracing::warn!(table = %table.identifier(), error = %brief(&e), "cannot expire old snapshots");
+    }
 }
 
 /// An intent found in the store: swap when its commit is in the table, else delete its files.
@@ -329,7 +395,8 @@ async fn resume<M: MetaStore>(shared: &Shared<M>, lake: &Lake, key: &str, intent
         false
     };
     if committed {
-        return finish(shared, key, &intent).await;
+        finish(shared, key, &intent).await?;
+        return remember(shared, lake, &intent.topic, &intent.topic_id).await;
     }
     delete_files(lake, &intent.files).await;
     shared.store.write(vec![], vec![Op::Delete(key.to_string())]).await?;

@@ -15,6 +15,7 @@
 //! planes then serve fetches from.
 
 pub mod compact;
+mod retention;
 mod rows;
 
 use iceberg::io::{FileIO, FileIOBuilder, StorageFactory};
@@ -110,6 +111,8 @@ impl LakeConfig {
 pub struct Lake {
     pub catalog: SqlCatalog,
     pub file_io: FileIO,
+    /// The catalog's database, for the commits iceberg-rust has no action for.
+    db: sqlx::SqlitePool,
     cfg: LakeConfig,
 }
 
@@ -135,7 +138,8 @@ impl Lake {
         if !catalog.namespace_exists(&ns).await.map_err(|e| format!("Iceberg catalog: {}", compact::brief(&e)))? {
             catalog.create_namespace(&ns, HashMap::new()).await.map_err(|e| format!("Iceberg catalog: {}", compact::brief(&e)))?;
         }
-        Ok(Lake { catalog, file_io, cfg })
+        let db = sqlx::SqlitePool::connect(&cfg.catalog_uri).await.map_err(|e| format!("cannot open {}: {e}", cfg.catalog_uri))?;
+        Ok(Lake { catalog, file_io, db, cfg })
     }
 
     /// Where an object of the object store is: its URL, and the position of its bytes there
@@ -156,6 +160,24 @@ impl Lake {
     /// The object-store key of a file of the lake (what data planes read it by).
     pub fn key_of(&self, url: &str) -> Option<String> {
         url.strip_prefix(&self.cfg.store_root).map(|k| k.trim_start_matches('/').to_string())
+    }
+
+    /// Points the catalog's record of table `name` at metadata file `to`, if it still names
+    /// `from` (the compare-and-set the SQL catalog's own commits make); false when it does not.
+    pub async fn swap_metadata(&self, name: &str, from: &str, to: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?",
+        )
+        .bind(to)
+        .bind(from)
+        .bind(NAMESPACE)
+        .bind(NAMESPACE)
+        .bind(name)
+        .bind(from)
+        .execute(&self.db)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     fn ident(topic: &str) -> TableIdent {
@@ -199,6 +221,23 @@ impl Lake {
         self.catalog.create_table(&NamespaceIdent::new(NAMESPACE.into()), creation).await
     }
 
+    /// Makes the catalog's table of `topic` the one whose metadata file is `location` (as the
+    /// metadata store records it), unless the catalog's own is as new or newer.
+    pub async fn adopt(&self, topic: &Topic, location: &str) -> iceberg::Result<()> {
+        let ident = Self::ident(&topic.name);
+        if self.catalog.table_exists(&ident).await? {
+            let table = self.catalog.load_table(&ident).await?;
+            let mine = table.metadata_location().unwrap_or_default();
+            let same_topic = table.metadata().properties().get(TOPIC_ID_PROP) == Some(&hex(&topic.topic_id));
+            if same_topic && (mine == location || version(mine) >= version(location)) {
+                return Ok(());
+            }
+            self.catalog.drop_table(&ident).await?;
+        }
+        tracing::info!(table = %ident, metadata = %location, "table taken from the metadata store into the catalog");
+        self.catalog.register_table(&ident, location.to_string()).await.map(|_| ())
+    }
+
     /// Drops the tables whose topic is gone (not in `live`, by name and id).
     pub async fn drop_orphan_tables(&self, live: &HashMap<String, String>) -> iceberg::Result<Vec<String>> {
         let mut dropped = Vec::new();
@@ -217,6 +256,12 @@ impl Lake {
         }
         Ok(dropped)
     }
+}
+
+/// The version of a metadata file (`<location>/metadata/00007-<uuid>.metadata.json`: 7).
+fn version(url: &str) -> i64 {
+    let name = url.rsplit('/').next().unwrap_or_default();
+    name.split('-').next().and_then(|v| v.parse().ok()).unwrap_or(-1)
 }
 
 /// A topic id as the tables name it.

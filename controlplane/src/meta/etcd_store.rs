@@ -9,7 +9,9 @@
 //!
 //! etcd keeps every revision until it is compacted: a task compacts, once a minute, up to the
 //! revision that was current [`COMPACT_AFTER`] earlier, so history stays bounded while a
-//! watcher that fell a little behind can still resume.
+//! watcher that fell a little behind can still resume. Compaction frees space inside etcd's
+//! database file without shrinking it; when the free part is large, the member is
+//! defragmented, which gives it back.
 //!
 //! One transaction may hold more operations than etcd's default `--max-txn-ops` (128): a group
 //! commit writes a few keys per committed object. `scripts/etcd.sh` starts etcd with a higher
@@ -30,6 +32,24 @@ const SESSION_TTL_SECS: i64 = 10;
 const COMPACT_AFTER: Duration = Duration::from_secs(300);
 /// How often the compaction task looks.
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+/// Free space in etcd's database file (left by compaction) worth a defragmentation...
+const DEFRAG_MIN_FREE: i64 = 32 << 20;
+
+/// ...when it is also more than half of the file: compaction frees pages inside the file, and
+/// only a defragmentation gives them back (etcd's quota counts the file's size). It blocks the
+/// member it runs on for a moment, so it runs only when it pays.
+async fn defragment_if_worth_it(c: &mut Client) {
+    let Ok(status) = c.status().await else { return };
+    let (size, used) = (status.db_size(), status.raft_used_db_size());
+    if size - used < DEFRAG_MIN_FREE || (size - used) * 2 < size {
+        return;
+    }
+    match c.defragment().await {
+        Ok(_) => tracing::info!(before = size, in_use = used, "etcd database defragmented"),
+        Err(e) => tracing::warn!(error = %e, "etcd defragmentation failed"),
+    }
+}
 
 /// The etcd-backed store. Cheap to clone.
 #[derive(Clone)]
@@ -94,6 +114,7 @@ impl EtcdMetaStore {
                     Ok(_) => {
                         compacted = rev;
                         tracing::debug!(revision = rev, "etcd history compacted");
+                        defragment_if_worth_it(&mut c).await;
                     }
                     // Someone (another control plane, an operator) compacted further already.
                     Err(e) if e.to_string().contains("compacted") => compacted = rev,

@@ -217,6 +217,15 @@ pub mod keys {
     pub fn lake_released_all() -> (String, String) {
         (format!("{ROOT}lake/released/"), format!("{ROOT}lake/released0"))
     }
+    /// The current metadata file of a topic's table: the catalog's own record, kept here too so
+    /// a control plane taking over (or one whose disk was lost) continues the same table.
+    pub fn lake_table(topic_id: &str) -> String {
+        format!("{ROOT}lake/tables/{topic_id}")
+    }
+    /// Range of every [`lake_table`] key.
+    pub fn lake_tables() -> (String, String) {
+        (format!("{ROOT}lake/tables/"), format!("{ROOT}lake/tables0"))
+    }
     /// A compaction of a topic under way: its files, maybe committed to the table, whose index
     /// swap is not done.
     pub fn lake_intent(topic_id: &str) -> String {

@@ -1,0 +1,165 @@
+//! The table follows the topic's retention: a Parquet file whose every index entry went
+//! (retention, DeleteRecords) is *released* (`lake/released/<key>`, see the garbage collector);
+//! each pass removes the released files of a topic from its table in one Iceberg commit (a
+//! `delete` snapshot whose manifests mark them deleted), expires the snapshots before it, and
+//! only then makes the files garbage, which the data planes delete after the grace period. A
+//! topic with `sluice.table.keep=true` keeps its rows in the table (its files stay until the
+//! topic is deleted).
+//!
+//! iceberg-rust 0.10 has no action that removes data files, so the commit is made here from its
+//! public parts (manifest and manifest-list writers, the metadata builder) and swapped into the
+//! SQL catalog with the same compare-and-set on the metadata location its own commits use.
+
+use super::compact::{brief, Error};
+use super::{hex, Lake};
+use crate::controller::gc::{bad, garbage_op, now_ms, ObjectRefs};
+use crate::controller::Shared;
+use crate::meta::{keys, Cond, MetaStore, Op};
+use iceberg::spec::{
+    ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary, TableMetadataBuilder, MAIN_BRANCH,
+};
+use iceberg::table::Table;
+use iceberg::{Catalog, MetadataLocation};
+use prost::Message;
+use sluice_rpc::Topic;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+/// Topic config: keep the table's rows after the stream let go of them.
+pub const KEEP: &str = "sluice.table.keep";
+
+/// Removes released files from the tables of topics that follow retention, then makes them
+/// garbage. Files of deleted topics are made garbage by the caller once their table is dropped.
+pub async fn apply<M: MetaStore>(shared: &Shared<M>, lake: &Lake, topics: &[Topic]) -> Result<(), Error> {
+    let (a, b) = keys::lake_released_all();
+    let prefix = a.clone();
+    let mut by_topic: HashMap<String, Vec<(String, u64, u64)>> = HashMap::new();
+    for (key, v) in shared.store.range(&a, &b, usize::MAX).await? {
+        let refs = ObjectRefs::decode(v.value).map_err(|e| bad("released", e))?;
+        by_topic.entry(refs.table_of).or_default().push((key[prefix.len()..].to_string(), refs.size, v.version));
+    }
+    for topic in topics {
+        let Some(files) = by_topic.remove(&hex(&topic.topic_id)) else { continue };
+        if topic.configs.get(KEEP).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            continue;
+        }
+        let table = lake.table(topic).await?;
+        let urls: HashSet<String> = files.iter().map(|(k, _, _)| lake.locate(k).0).collect();
+        remove_files(lake, &table, &urls).await?;
+        super::compact::remember(shared, lake, &topic.name, &hex(&topic.topic_id)).await?;
+        let mut conds = Vec::new();
+        let mut ops = Vec::new();
+        for (object, size, version) in &files {
+            conds.push(Cond::Version(keys::lake_released(object), *version));
+            ops.push(Op::Delete(keys::lake_released(object)));
+            ops.push(garbage_op(object, *size));
+        }
+        shared.store.write(conds, ops).await?;
+        tracing::info!(topic = %topic.name, files = files.len(), "files past retention left the table");
+    }
+    Ok(())
+}
+
+/// Commits a snapshot of `table` without the data files at `urls` (those it holds), and expires
+/// the snapshots before it so no snapshot refers to them. A lost race with another commit is
+/// retried from the table as it then is.
+async fn remove_files(lake: &Lake, table: &Table, urls: &HashSet<String>) -> Result<(), Error> {
+    let mut table = table.clone();
+    for _ in 0..5 {
+        match remove_once(lake, &table, urls).await {
+            Ok(()) => break,
+            Err(Error::Other(e)) if e == CONFLICT => table = lake.catalog.load_table(table.identifier()).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    let table = lake.catalog.load_table(table.identifier()).await?;
+    if table.metadata().snapshots().count() > 1 {
+        use iceberg::transaction::{ApplyTransactionAction, Transaction};
+        let now = now_ms();
+        let tx = Transaction::new(&table);
+        let tx = tx.expire_snapshots().expire_older_than_ms(now).retain_last(1).apply(tx)?;
+        if let Err(e) = tx.commit(&lake.catalog).await {
+            // Old snapshots only keep time travel possible; the next pass expires them.
+            tracing::warn!(table = %table.identifier(), error = %brief(&e), "cannot expire snapshots");
+        }
+    }
+    Ok(())
+}
+
+const CONFLICT: &str = "table changed meanwhile";
+
+async fn remove_once(lake: &Lake, table: &Table, urls: &HashSet<String>) -> Result<(), Error> {
+    let meta = table.metadata();
+    let Some(current) = meta.current_snapshot() else { return Ok(()) };
+    let io = table.file_io();
+    let list = ManifestList::parse_with_version(&io.new_input(current.manifest_list())?.read().await?, meta.format_version())?;
+    let snapshot_id = loop {
+        let id = (uuid::Uuid::new_v4().as_u128() as i64) & i64::MAX;
+        if id > 0 && meta.snapshot_by_id(id).is_none() {
+            break id;
+        }
+    };
+    let seq = meta.next_sequence_number();
+    let schema = meta.current_schema().clone();
+    let (mut manifests, mut removed, mut removed_rows) = (Vec::new(), 0u64, 0u64);
+    for mf in list.entries() {
+        let manifest = mf.load_manifest(io).await?;
+        if !manifest.entries().iter().any(|e| e.is_alive() && urls.contains(e.file_path())) {
+            manifests.push(mf.clone());
+            continue;
+        }
+        let spec = meta
+            .partition_spec_by_id(mf.partition_spec_id)
+            .ok_or_else(|| Error::Other(format!("no partition spec {}", mf.partition_spec_id)))?
+            .as_ref()
+            .clone();
+        let out = io.new_output(format!("{}/metadata/{}-m0.avro", meta.location(), uuid::Uuid::new_v4()))?;
+        let mut w = ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec).build_v2_data();
+        for e in manifest.entries().iter().filter(|e| e.is_alive()) {
+            let (seq_no, file_seq) =
+                (e.sequence_number().unwrap_or(mf.sequence_number), e.file_sequence_number.or(Some(mf.sequence_number)));
+            if urls.contains(e.file_path()) {
+                w.add_delete_file(e.data_file().clone(), seq_no, file_seq)?;
+                removed += 1;
+                removed_rows += e.record_count();
+            } else {
+                w.add_existing_file(e.data_file().clone(), e.snapshot_id().unwrap_or(current.snapshot_id()), seq_no, file_seq)?;
+            }
+        }
+        manifests.push(w.write_manifest_file().await?);
+    }
+    if removed == 0 {
+        return Ok(());
+    }
+    let list_url = format!("{}/metadata/snap-{snapshot_id}-0-{}.avro", meta.location(), uuid::Uuid::new_v4());
+    let mut lw = ManifestListWriter::v2(io.new_output(&list_url)?.writer().await?, snapshot_id, Some(current.snapshot_id()), seq);
+    lw.add_manifests(manifests.into_iter())?;
+    lw.close().await?;
+    let summary = Summary {
+        operation: Operation::Delete,
+        additional_properties: HashMap::from([
+            ("deleted-data-files".to_string(), removed.to_string()),
+            ("deleted-records".to_string(), removed_rows.to_string()),
+        ]),
+    };
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(Some(current.snapshot_id()))
+        .with_sequence_number(seq)
+        .with_timestamp_ms(now_ms())
+        .with_manifest_list(list_url)
+        .with_schema_id(meta.current_schema_id())
+        .with_summary(summary)
+        .build();
+    let current_location = table.metadata_location().ok_or_else(|| Error::Other("table has no metadata location".into()))?.to_string();
+    let built = TableMetadataBuilder::new_from_metadata(meta.clone(), Some(current_location.clone()))
+        .set_branch_snapshot(snapshot, MAIN_BRANCH)?
+        .build()?;
+    let next = MetadataLocation::from_str(&current_location)?.with_next_version().with_new_metadata(&built.metadata);
+    built.metadata.write_to(io, &next).await?;
+    let swapped = lake.swap_metadata(table.identifier().name(), &current_location, &next.to_string()).await;
+    if !swapped.map_err(|e| Error::Other(format!("catalog: {e}")))? {
+        return Err(Error::Other(CONFLICT.into()));
+    }
+    Ok(())
+}
