@@ -95,7 +95,7 @@ common=(--partitions 4 --record-size 1024 --consumers 1 --warmup 2)
 
 echo "== 1a. produce at $RATE rec/s, no compaction" | tee -a "$OUT/figures.txt"
 bench_sluice --label produce-no-compaction --topic lake-a --rate "$RATE" --duration "$DURATION" "${common[@]}"
-written=$(curl -s "http://127.0.0.1:$DMPORT/metrics" | awk '$1 == "sluice_wal_object_bytes_total" { s += $2 } END { print s }')
+written=$(curl -s "http://127.0.0.1:$DMPORT/metrics" | awk '$1 ~ /^sluice_wal_object_bytes_total({|$)/ { s += $2 } END { print s }')
 echo "WAL bytes written: $written" | tee -a "$OUT/figures.txt"
 etcd_footprint "before compaction"
 

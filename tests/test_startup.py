@@ -82,6 +82,16 @@ def test_bad_flag(request, tmp_path, role, extra, mentions):
     assert_one_line_error(run_expecting_failure(cmd), *mentions)
 
 
+@pytest.mark.parametrize("extra,mentions", [
+    (["--catalog", "mysql://db/sluice"], ["--catalog", "scheme"]),
+    (["--object-store", "ftp://host/dir"], ["--object-store", "scheme"]),
+    (["--object-store", "s3://bucket"], ["--s3-endpoint"]),
+], ids=["catalog-scheme", "object-store-scheme", "s3-without-endpoint"])
+def test_controlplane_bad_lake_flags(request, tmp_path, extra, mentions):
+    cmd = role_command("controlplane", request, tmp_path, f"127.0.0.1:{free_port()}", extra)
+    assert_one_line_error(run_expecting_failure(cmd), *mentions)
+
+
 def test_dataplane_bad_flag_value(request, tmp_path):
     cmd = role_command("dataplane", request, tmp_path, f"127.0.0.1:{free_port()}")
     cmd[cmd.index("--cores") + 1] = "many"

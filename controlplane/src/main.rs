@@ -173,6 +173,14 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) -> Result<(), String> {
+    // Checked before campaigning, so a standby with a bad flag fails now, not at takeover.
+    let lake_cfg = lake::LakeConfig::from_flags(
+        &args.data_dir,
+        args.object_store.as_deref(),
+        args.s3_endpoint.as_deref(),
+        &args.s3_region,
+        args.catalog.as_deref(),
+    )?;
     let listener =
         Arc::new(tokio::net::TcpListener::bind(&args.rpc_listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.rpc_listen))?);
     let metrics_listener = match &args.metrics_listen {
@@ -201,7 +209,7 @@ async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) ->
     ctl.shared.gc_grace_ms.store(args.gc_grace_ms, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(controller::run_trimmer(ctl.clone(), Duration::from_millis(args.gc_interval_ms)));
     tokio::spawn(controller::run_retention(ctl.clone(), Duration::from_millis(args.retention_check_interval_ms)));
-    start_compaction(&args, &ctl).await?;
+    start_compaction(&args, lake_cfg, &ctl).await?;
     if let Some(l) = metrics_listener {
         tokio::spawn(metrics::serve(l, ctl.clone(), coordinator.clone()));
     }
@@ -225,16 +233,17 @@ async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) ->
     }
 }
 
+/// The nice value of compaction's threads (the CPU scheduler gives a thread at 10 about a
+/// tenth of the share of one at 0 when both want the CPU).
+const COMPACTION_NICE: i32 = 10;
+
 /// Opens the lake and starts compaction on a runtime of its own (kept for the life of the
 /// process), so its CPU work never delays the answers to data planes.
-async fn start_compaction<M: meta::MetaStore + Clone + 'static>(args: &Args, ctl: &controller::Controller<M>) -> Result<(), String> {
-    let cfg = lake::LakeConfig::from_flags(
-        &args.data_dir,
-        args.object_store.as_deref(),
-        args.s3_endpoint.as_deref(),
-        &args.s3_region,
-        args.catalog.as_deref(),
-    )?;
+async fn start_compaction<M: meta::MetaStore + Clone + 'static>(
+    args: &Args,
+    cfg: lake::LakeConfig,
+    ctl: &controller::Controller<M>,
+) -> Result<(), String> {
     let threads = args
         .compaction_threads
         .map(|t| t as usize)
@@ -242,10 +251,24 @@ async fn start_compaction<M: meta::MetaStore + Clone + 'static>(args: &Args, ctl
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("compaction")
+        // Below everything else on the machine (a data plane sharing it included): compaction
+        // waits, produce latency does not.
+        .on_thread_start(|| {
+            if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), COMPACTION_NICE) {
+                tracing::warn!(error = %e, "cannot lower the priority of a compaction thread");
+            }
+        })
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the compaction runtime: {e}"))?;
-    let lake = rt.spawn(lake::Lake::open(cfg)).await.map_err(|e| format!("compaction runtime: {e}"))??;
+    let lake = match rt.spawn(lake::Lake::open(cfg)).await.map_err(|e| format!("compaction runtime: {e}")).and_then(|r| r) {
+        Ok(l) => l,
+        Err(e) => {
+            // Dropping a runtime inside another one's task would panic.
+            rt.shutdown_background();
+            return Err(e);
+        }
+    };
     let policy = lake::compact::Policy {
         min_bytes: args.compaction_min_bytes,
         max_age: Duration::from_millis(args.compaction_max_age_ms),

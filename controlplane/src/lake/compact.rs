@@ -45,6 +45,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Most WAL entries one file replaces: its swap is one metadata transaction, which holds a few
+/// operations per entry (etcd bounds a transaction's operations with `--max-txn-ops`).
+const MAX_FILE_ENTRIES: usize = 1000;
+
 /// Snapshot summary property naming the intent a commit belongs to.
 const INTENT_PROP: &str = "sluice.compaction";
 
@@ -181,13 +185,20 @@ pub async fn pass<M: MetaStore + Clone + 'static>(
 ) -> Result<(), Error> {
     let shared = &ctl.shared;
     let (a, b) = keys::lake_intents();
+    let mut stuck = std::collections::HashSet::new();
     for (key, v) in shared.store.range(&a, &b, usize::MAX).await? {
         let intent = Intent::decode(v.value).map_err(|e| bad("intent", e))?;
         tracing::info!(topic = %intent.topic, intent = %intent.id, "resuming a compaction");
-        resume(shared, lake, &key, intent).await?;
+        let topic_id = intent.topic_id.clone();
+        if let Err(e) = resume(shared, lake, &key, intent).await {
+            // Other topics go on; this one waits for its intent to be resolved.
+            stats.failures.fetch_add(1, Relaxed);
+            tracing::warn!(topic_id = %topic_id, error = %e, "cannot finish a compaction under way");
+            stuck.insert(topic_id);
+        }
     }
     let topics: Vec<Topic> = shared.topics.read().expect("poisoned").values().cloned().collect();
-    for topic in &topics {
+    for topic in topics.iter().filter(|t| !stuck.contains(&hex(&t.topic_id))) {
         if let Err(e) = compact_topic(shared, lake, policy, stats, topic).await {
             stats.failures.fetch_add(1, Relaxed);
             tracing::warn!(topic = %topic.name, error = %e, "compaction of a topic stopped");
@@ -265,7 +276,7 @@ async fn waiting<M: MetaStore>(shared: &Shared<M>, stream: u64, from: i64, max_b
                 bytes = 0;
                 continue;
             }
-            if !out.is_empty() && bytes + u64::from(e.length) > max_bytes {
+            if !out.is_empty() && (bytes + u64::from(e.length) > max_bytes || out.len() == MAX_FILE_ENTRIES) {
                 return Ok(out);
             }
             bytes += u64::from(e.length);

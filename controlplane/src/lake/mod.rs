@@ -64,7 +64,10 @@ impl LakeConfig {
     ) -> Result<Self, String> {
         let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
         let catalog_uri = match catalog {
-            None => format!("sqlite://{}?mode=rwc", abs(&data_dir.join("catalog.db"))?.display()),
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+                format!("sqlite://{}?mode=rwc", abs(&data_dir.join("catalog.db"))?.display())
+            }
             Some(u) if u.starts_with("sqlite://") => u.to_string(),
             Some(u) => return Err(format!("--catalog {u}: unknown scheme (use sqlite://PATH?mode=rwc)")),
         };
