@@ -5,6 +5,7 @@
 #
 #   scripts/bench-compaction.sh                 # results in bench-results/compaction/
 #   RATE=10000 DURATION=30 BACKLOG=300000 OUT=dir scripts/bench-compaction.sh
+#   KEEP_DATA=1 scripts/bench-compaction.sh     # a failed run leaves its data directory
 #
 # 1. produce p99 at RATE records/s of 1 KiB without compaction, then again while compaction
 #    turns that backlog and the new records into Parquet (one thread);
@@ -28,7 +29,13 @@ mkdir -p "$OUT"
 DATA="$(mktemp -d /tmp/sluice-compaction.XXXXXX)"
 data_dirs+=("$DATA")
 cleanup() {
+    local rc=$?
     [ -f "$DATA/dp.pid" ] && kill "$(cat "$DATA/dp.pid")" 2>/dev/null
+    if [ "$rc" -ne 0 ] && [ -n "${KEEP_DATA:-}" ]; then
+        # Keep what a failed run left (objects, etcd's namespace is in its own data dir) to look at.
+        data_dirs=()
+        echo "data kept in $DATA" >&2
+    fi
     stop_all
 }
 trap cleanup EXIT
