@@ -372,6 +372,9 @@ fn spawn_consumers(
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", "100")
+            // Offsets are assigned explicitly; a reset would skip records silently (librdkafka's
+            // default is the end), so it is an error the run reports instead.
+            .set("auto.offset.reset", "error")
             .create()
             .context("consumer")?;
         let mut tpl = TopicPartitionList::new();

@@ -45,6 +45,7 @@ impl Reader {
             }
             m = marks.get(req.stream).unwrap_or(m);
             if req.offset > m.hwm || req.offset < m.log_start {
+                tracing::info!(stream = req.stream, offset = req.offset, log_start = m.log_start, hwm = m.hwm, "fetch out of range");
                 return ReadResult { error: Some(Error::OffsetOutOfRange), marks: m, ..Default::default() };
             }
         }
@@ -76,6 +77,12 @@ impl Reader {
             for (base, last, data) in loaded {
                 if last < offset || base > offset {
                     continue;
+                }
+                // The index may already hold commits whose answers this shard has not had: an
+                // offset past the watermarks it answers with would send the client's next fetch
+                // out of range.
+                if base >= m.hwm {
+                    break;
                 }
                 if !out.batches.is_empty() && bytes + data.len() > req.max_bytes {
                     break;
