@@ -64,9 +64,11 @@ def start_standby(sluice, port):
 @pytest.mark.parametrize("backend", ["s3+etcd"], indirect=True)
 def test_standby_takes_over_when_the_leader_dies(sluice_factory):
     sluice = sluice_factory(start=False)
+    sluice.start_controlplane()
+    # The port is picked once the leader is up: a port picked earlier can be taken meanwhile by
+    # one of the leader's own outbound connections (etcd, S3), which draw from the same range.
     standby_port = free_port()
     sluice.standby_rpc = [f"127.0.0.1:{standby_port}"]
-    sluice.start_controlplane()
     standby, standby_log = start_standby(sluice, standby_port)
     try:
         sluice.start_dataplane()
