@@ -130,7 +130,10 @@ impl Summary {
             p.map(|p| format!("[{:.3},{:.3},{:.3},{:.3},{:.3}]", p[0], p[1], p[2], p[3], p[4])).unwrap_or("null".into())
         };
         let num = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or("null".into());
-        let pair = |p: Option<[f64; 2]>| p.map(|p| format!("[{},{}]", p[0], p[1])).unwrap_or("null".into());
+        // A histogram bucket bound; past the largest one Prometheus says +Inf, which JSON has no
+        // number for.
+        let bound = |v: f64| if v.is_finite() { v.to_string() } else { "\"+Inf\"".into() };
+        let pair = |p: Option<[f64; 2]>| p.map(|p| format!("[{},{}]", bound(p[0]), bound(p[1]))).unwrap_or("null".into());
         format!(
             "{{\"label\":\"{}\",\"workload\":\"{}\",\"records_per_sec\":{:.1},\"mb_per_sec\":{:.2},\"consumed_per_sec\":{:.1},\"produce_ms_p50_p90_p99_p999_max\":{},\"e2e_ms_p50_p90_p99_p999_max\":{},\"acked\":{},\"failed\":{},\"consumed\":{},\"missing\":{},\"puts_per_gb\":{},\"txns_per_gb\":{},\"put_ms_le_p99_p999\":{},\"commit_ms_le_p99_p999\":{}}}\n",
             self.label, self.workload, self.records_per_sec, self.mb_per_sec, self.consumed_per_sec, opt(self.produce), opt(self.e2e),
