@@ -6,7 +6,6 @@ both back ends."""
 import os
 import shutil
 import threading
-import time
 
 import duckdb
 import pytest
@@ -139,7 +138,9 @@ def test_a_consumer_reading_during_compaction_sees_every_offset_once(sluice_fact
             p.produce(topic, value=f"live-{i}-".encode() + b"x" * 300, partition=0)
             if i % 200 == 199:
                 p.flush(30)
-                time.sleep(0.05)  # spread the records over many compaction passes
+                # Spread the records over many compaction passes: the next round waits for one.
+                passes = cp()["sluice_compaction_passes_total"]
+                wait_until(lambda: cp()["sluice_compaction_passes_total"] > passes, 30, what="a compaction pass")
         assert p.flush(60) == 0
         produced.append(total)
 

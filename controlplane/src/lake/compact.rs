@@ -23,7 +23,7 @@
 
 use super::rows::{decode_chunk, to_arrow, Row};
 use super::{hex, Lake};
-use crate::controller::gc::{bad, garbage_op, lower_refs, now_ms, ObjectRefs};
+use crate::controller::gc::{bad, lower_refs, now_ms, ObjectRefs};
 use crate::controller::{Controller, Shared};
 use crate::meta::{keys, Cond, MetaError, MetaStore, Op};
 use bytes::Bytes;
@@ -204,12 +204,12 @@ pub async fn pass<M: MetaStore + Clone + 'static>(
             tracing::warn!(topic = %topic.name, error = %e, "compaction of a topic stopped");
         }
     }
-    super::retention::apply(shared, lake, &topics).await?;
     let live: HashMap<String, String> = topics.iter().map(|t| (t.name.clone(), hex(&t.topic_id))).collect();
     for name in lake.drop_orphan_tables(&live).await? {
         tracing::info!(table = %name, "dropped the table of a deleted topic");
     }
-    release_dropped(shared, &live).await
+    super::retention::apply(shared, lake, &topics).await?;
+    forget_dropped(shared, &live).await
 }
 
 /// Brings the catalog up to the tables the metadata store records (a new leader's catalog may
@@ -234,25 +234,13 @@ pub(super) async fn remember<M: MetaStore>(shared: &Shared<M>, lake: &Lake, name
     Ok(())
 }
 
-/// Makes garbage of the released files whose topic is gone (their table was dropped above).
-async fn release_dropped<M: MetaStore>(shared: &Shared<M>, live: &HashMap<String, String>) -> Result<(), Error> {
+/// Forgets the table records of deleted topics (their tables were dropped above).
+async fn forget_dropped<M: MetaStore>(shared: &Shared<M>, live: &HashMap<String, String>) -> Result<(), Error> {
     let ids: std::collections::HashSet<&String> = live.values().collect();
     let (a, b) = keys::lake_tables();
     for (key, _) in shared.store.range(&a, &b, usize::MAX).await? {
         if !ids.contains(&key[a.len()..].to_string()) {
             shared.store.write(vec![], vec![Op::Delete(key)]).await?;
-        }
-    }
-    let (a, b) = keys::lake_released_all();
-    let prefix = a.clone();
-    for (key, v) in shared.store.range(&a, &b, usize::MAX).await? {
-        let refs = ObjectRefs::decode(v.value).map_err(|e| bad("released", e))?;
-        if !ids.contains(&refs.table_of) {
-            let object = &key[prefix.len()..];
-            shared
-                .store
-                .write(vec![Cond::Version(key.clone(), v.version)], vec![Op::Delete(key.clone()), garbage_op(object, refs.size)])
-                .await?;
         }
     }
     Ok(())

@@ -29,11 +29,12 @@ use std::str::FromStr;
 pub const KEEP: &str = "sluice.table.keep";
 
 /// Removes released files from the tables of topics that follow retention, then makes them
-/// garbage. Files of deleted topics are made garbage by the caller once their table is dropped.
+/// garbage; released files of deleted topics (whose tables the caller dropped) become garbage
+/// at once.
 pub async fn apply<M: MetaStore>(shared: &Shared<M>, lake: &Lake, topics: &[Topic]) -> Result<(), Error> {
     let (a, b) = keys::lake_released_all();
     let prefix = a.clone();
-    let mut by_topic: HashMap<String, Vec<(String, u64, u64)>> = HashMap::new();
+    let mut by_topic: HashMap<String, Vec<Released>> = HashMap::new();
     for (key, v) in shared.store.range(&a, &b, usize::MAX).await? {
         let refs = ObjectRefs::decode(v.value).map_err(|e| bad("released", e))?;
         by_topic.entry(refs.table_of).or_default().push((key[prefix.len()..].to_string(), refs.size, v.version));
@@ -47,15 +48,31 @@ pub async fn apply<M: MetaStore>(shared: &Shared<M>, lake: &Lake, topics: &[Topi
         let urls: HashSet<String> = files.iter().map(|(k, _, _)| lake.locate(k).0).collect();
         remove_files(lake, &table, &urls).await?;
         super::compact::remember(shared, lake, &topic.name, &hex(&topic.topic_id)).await?;
-        let mut conds = Vec::new();
-        let mut ops = Vec::new();
-        for (object, size, version) in &files {
+        to_garbage(shared, &files).await?;
+        tracing::info!(topic = %topic.name, files = files.len(), "files past retention left the table");
+    }
+    // What is left belongs to deleted topics.
+    for files in by_topic.values() {
+        to_garbage(shared, files).await?;
+    }
+    Ok(())
+}
+
+/// A released file: its key, size, and the version of its record.
+type Released = (String, u64, u64);
+
+/// Turns released records into garbage records, a bounded batch per transaction, each
+/// conditioned on the record as read.
+async fn to_garbage<M: MetaStore>(shared: &Shared<M>, files: &[Released]) -> Result<(), Error> {
+    for batch in files.chunks(100) {
+        let mut conds = Vec::with_capacity(batch.len());
+        let mut ops = Vec::with_capacity(batch.len() * 2);
+        for (object, size, version) in batch {
             conds.push(Cond::Version(keys::lake_released(object), *version));
             ops.push(Op::Delete(keys::lake_released(object)));
             ops.push(garbage_op(object, *size));
         }
         shared.store.write(conds, ops).await?;
-        tracing::info!(topic = %topic.name, files = files.len(), "files past retention left the table");
     }
     Ok(())
 }
