@@ -4,6 +4,11 @@
 //! offsets, timestamps, keys, values and headers (uncompressed, version 2, no producer ids: a
 //! consumer sees the same records). Batches are encoded here rather than by kafka-protocol,
 //! whose records keep headers in a map: Kafka allows a header key more than once.
+//!
+//! The batches cover the entry's whole offset range: a key-compacted range has gaps where
+//! superseded records were, and, as in Kafka's cleaned logs, a batch's base offset and last
+//! offset delta span the gap around its records, so a consumer's next fetch (the batch's last
+//! offset plus one) lands on the next batch.
 
 use crate::error::Error;
 use crate::store::ObjectStore;
@@ -105,20 +110,21 @@ impl ChunkReader for RowGroupBytes {
     }
 }
 
-/// Decodes row group `index` and encodes its records as Kafka record batches, in offset order.
-pub fn rebuild(meta: Arc<ParquetMetaData>, index: usize, bytes: RowGroupBytes) -> Result<(Bytes, Vec<Span>), String> {
+/// Decodes row group `index`, which holds the offsets `[base, end)`, and encodes its records as
+/// Kafka record batches, in offset order, together covering `[base, end)`.
+pub fn rebuild(meta: Arc<ParquetMetaData>, index: usize, bytes: RowGroupBytes, base: i64, end: i64) -> Result<(Bytes, Vec<Span>), String> {
     let reader_meta = ArrowReaderMetadata::try_new(meta, ArrowReaderOptions::new()).map_err(|e| e.to_string())?;
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, reader_meta)
         .with_row_groups(vec![index])
         .with_batch_size(8192)
         .build()
         .map_err(|e| e.to_string())?;
-    let mut out = Batches::default();
+    let mut out = Batches { next_base: base, ..Default::default() };
     for batch in reader {
         let batch = batch.map_err(|e| e.to_string())?;
         out.add(&batch)?;
     }
-    out.flush()?;
+    out.flush(end - 1)?;
     Ok((out.buf.freeze(), out.spans))
 }
 
@@ -139,6 +145,8 @@ struct Batches {
     /// The pending records' timestamps are append times.
     log_append: bool,
     pending_bytes: usize,
+    /// Where the next batch starts (the offset after the last batch's range).
+    next_base: i64,
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, String> {
@@ -176,12 +184,17 @@ impl Batches {
                 }
             }
             let log_append = types.value(i) == 1;
-            if !self.pending.is_empty() && self.log_append != log_append {
-                self.flush()?;
+            let offset = offsets.value(i);
+            if offset < self.next_base || self.pending.last().is_some_and(|r| r.offset >= offset) {
+                return Err(format!("offset {offset} out of order"));
+            }
+            let full = self.pending.len() >= BATCH_RECORDS || self.pending_bytes >= BATCH_BYTES;
+            if !self.pending.is_empty() && (full || self.log_append != log_append) {
+                self.flush(offset - 1)?;
             }
             self.log_append = log_append;
             let record = Rec {
-                offset: offsets.value(i),
+                offset,
                 timestamp: timestamps.value(i).div_euclid(1000),
                 key: binary(keys, i),
                 value: binary(values, i),
@@ -189,17 +202,15 @@ impl Batches {
             };
             self.pending_bytes += record.key.as_ref().map_or(0, |k| k.len()) + record.value.as_ref().map_or(0, |v| v.len()) + 16;
             self.pending.push(record);
-            if self.pending.len() >= BATCH_RECORDS || self.pending_bytes >= BATCH_BYTES {
-                self.flush()?;
-            }
         }
         Ok(())
     }
 
-    /// Encodes the pending records as one uncompressed v2 batch.
-    fn flush(&mut self) -> Result<(), String> {
-        let (Some(first), Some(last)) = (self.pending.first(), self.pending.last()) else { return Ok(()) };
-        let (base, end) = (first.offset, last.offset);
+    /// Encodes the pending records as one uncompressed v2 batch covering the offsets from
+    /// `next_base` to `end` (inclusive; at least its last record's).
+    fn flush(&mut self, end: i64) -> Result<(), String> {
+        let Some(last) = self.pending.last() else { return Ok(()) };
+        let (base, end) = (self.next_base, end.max(last.offset));
         let base_ts = self.pending.iter().map(|r| r.timestamp).min().unwrap_or(-1);
         let max_ts = self.pending.iter().map(|r| r.timestamp).max().unwrap_or(-1);
         let pos = self.buf.len();
@@ -240,6 +251,7 @@ impl Batches {
         let crc = wal_format::batch::compute_crc(&b[pos..]).map_err(|e| e.to_string())?;
         b[pos + 17..pos + 21].copy_from_slice(&crc.to_be_bytes());
         self.spans.push((pos, size, base, end));
+        self.next_base = end + 1;
         self.pending.clear();
         self.pending_bytes = 0;
         Ok(())
@@ -282,8 +294,8 @@ mod tests {
                 headers: vec![(Bytes::from_static(b"dup"), Some(Bytes::from_static(b"1"))), (Bytes::from_static(b"dup"), None)],
             })
             .collect();
-        let mut b = Batches { pending, ..Default::default() };
-        b.flush().unwrap();
+        let mut b = Batches { pending, next_base: 40, ..Default::default() };
+        b.flush(42).unwrap();
         let (pos, len, base, last) = b.spans[0];
         assert_eq!((pos, base, last), (0, 40, 42));
         let batch = &b.buf[..len];
@@ -295,5 +307,19 @@ mod tests {
         assert_eq!(set.records[1].key, None);
         assert_eq!(set.records[2].value.as_deref(), Some(&b"vv"[..]));
         assert_eq!(set.records[0].offset, 40);
+    }
+
+    #[test]
+    fn a_batch_with_gaps_spans_them_as_a_cleaned_kafka_batch_does() {
+        let rec = |offset| Rec { offset, timestamp: 5, key: Some(Bytes::from_static(b"k")), value: None, headers: vec![] };
+        let mut b = Batches { pending: vec![rec(43), rec(47)], next_base: 40, ..Default::default() };
+        b.flush(49).unwrap();
+        let (_, len, base, last) = b.spans[0];
+        assert_eq!((base, last, b.next_base), (40, 49, 50));
+        let mut bytes = Bytes::copy_from_slice(&b.buf[..len]);
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).unwrap();
+        assert_eq!(set.records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![43, 47]);
+        let header = wal_format::batch::parse_header(&b.buf[..len]).unwrap();
+        assert_eq!(header.offset_count(), 10, "the last offset delta reaches the end of the range");
     }
 }

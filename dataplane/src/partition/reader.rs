@@ -147,7 +147,7 @@ impl Reader {
             let meta = self.footers.get(store, &e.object_key, e.file_size).await?;
             let data = store.get_range(&e.object_key, e.position, e.length as usize).await.map_err(read_failed)?;
             let bytes = RowGroupBytes { start: e.position, data: data.freeze(), file_size: e.file_size };
-            return parquet::rebuild(meta, e.row_group as usize, bytes).map_err(|err| {
+            return parquet::rebuild(meta, e.row_group as usize, bytes, e.base_offset, e.end_offset).map_err(|err| {
                 tracing::error!(object = %e.object_key, row_group = e.row_group, error = %err, "Parquet row group unreadable");
                 Error::CorruptObject(format!("{}: {err}", e.object_key))
             });
