@@ -21,7 +21,7 @@
 //! a fetch resolves an offset to a WAL chunk or to a row group holding the same records, never
 //! to neither or both, and the WAL objects outlive the swap by the garbage grace period.
 
-use super::rows::{decode_chunk, to_arrow, Row};
+use super::rows::{decode_chunk, from_arrow, key_compact, parse_tombstones, to_arrow, tombstones_of, Row, TOMBSTONES_KEY};
 use super::{hex, Lake};
 use crate::controller::gc::{bad, lower_refs, now_ms, ObjectRefs};
 use crate::controller::{Controller, Shared};
@@ -35,7 +35,9 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::Catalog;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use prost::Message;
@@ -97,6 +99,9 @@ struct RowGroup {
     rows: u32,
     #[prost(int64, tag = "6")]
     max_timestamp: i64,
+    /// When the newest of its records was committed to the stream.
+    #[prost(int64, tag = "7")]
+    appended_ms: i64,
 }
 
 /// One file of an intent: the offsets `[base, end)` of a stream it replaces.
@@ -118,6 +123,10 @@ struct FilePlan {
     size: u64,
     #[prost(message, repeated, tag = "7")]
     row_groups: Vec<RowGroup>,
+    /// Table files (locations) whose rows this one holds from now on (key compaction rewrites
+    /// a partition's files): the commit removes them from the table.
+    #[prost(string, repeated, tag = "8")]
+    replaces: Vec<String>,
 }
 
 /// A compaction under way.
@@ -277,6 +286,39 @@ async fn waiting<M: MetaStore>(shared: &Shared<M>, stream: u64, from: i64, max_b
     Ok(out)
 }
 
+/// The entries of a stream from `log_start` to `until` (its first waiting WAL entry): what key
+/// compaction made of it before.
+async fn compacted<M: MetaStore>(shared: &Shared<M>, stream: u64, log_start: i64, until: i64) -> Result<Vec<IndexEntry>, Error> {
+    let (a, _) = keys::index_from(stream, log_start);
+    let b = keys::index(stream, until + 1);
+    let mut out = Vec::new();
+    for (_, v) in shared.store.range(&a, &b, MAX_FILE_ENTRIES).await? {
+        out.push(IndexEntry::decode(v.value).map_err(|e| bad("index", e))?);
+    }
+    Ok(out)
+}
+
+/// `delete.retention.ms` of a topic whose `cleanup.policy` includes `compact`; None for a topic
+/// that is not key-compacted.
+fn key_compaction(topic: &Topic) -> Option<i64> {
+    let policy = topic.configs.get("cleanup.policy").map(String::as_str).unwrap_or("delete");
+    if !policy.split(',').any(|p| p.trim() == "compact") {
+        return None;
+    }
+    Some(topic.configs.get("delete.retention.ms").and_then(|v| v.parse().ok()).unwrap_or(86_400_000))
+}
+
+/// The partition a file is written for.
+#[derive(Clone, Copy)]
+struct Part {
+    partition: i32,
+    stream: u64,
+    /// Records below it are past retention and stay out of the file.
+    log_start: i64,
+    /// `delete.retention.ms` when the topic is key-compacted.
+    keyed: Option<i64>,
+}
+
 /// Compacts the partitions of one topic that have enough waiting.
 async fn compact_topic<M: MetaStore + Clone + 'static>(
     shared: &Arc<Shared<M>>,
@@ -286,15 +328,29 @@ async fn compact_topic<M: MetaStore + Clone + 'static>(
     topic: &Topic,
 ) -> Result<(), Error> {
     let now = now_ms();
+    let keyed = key_compaction(topic);
     let mut plans = Vec::new();
     for (partition, stream) in topic.streams.iter().enumerate() {
         let Some(st) = shared.streams.read().expect("poisoned").get(stream).copied() else { continue };
         let entries = waiting(shared, *stream, st.log_start, policy.max_bytes).await?;
         let Some(first) = entries.first() else { continue };
         let bytes: u64 = entries.iter().map(|e| u64::from(e.length)).sum();
-        if bytes >= policy.min_bytes || now.saturating_sub(first.committed_ms) >= policy.max_age.as_millis() as i64 {
-            plans.push((partition as i32, *stream, entries));
+        if bytes < policy.min_bytes && now.saturating_sub(first.committed_ms) < policy.max_age.as_millis() as i64 {
+            continue;
         }
+        // A key-compacted partition is rewritten from its log start: the waiting records
+        // supersede older ones of their keys (while the transaction's bound allows; past it,
+        // the waiting records are compacted among themselves).
+        let mut region = Vec::new();
+        if keyed.is_some() {
+            region = compacted(shared, *stream, st.log_start, first.base_offset).await?;
+            if region.len() >= MAX_FILE_ENTRIES {
+                region.clear();
+            }
+        }
+        let room = MAX_FILE_ENTRIES - region.len();
+        region.extend(entries.into_iter().take(room));
+        plans.push((partition as i32, *stream, region, st.log_start));
     }
     if plans.is_empty() {
         return Ok(());
@@ -303,9 +359,10 @@ async fn compact_topic<M: MetaStore + Clone + 'static>(
     let intent_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (partition, stream, entries) in plans {
+    for (partition, stream, entries, log_start) in plans {
         let (lake, table, id, policy, stats) = (lake.clone(), table.clone(), intent_id.clone(), policy.clone(), stats.clone());
-        tasks.push(tokio::spawn(async move { write_file(&lake, &table, &id, &policy, &stats, partition, stream, entries).await }));
+        let part = Part { partition, stream, log_start, keyed };
+        tasks.push(tokio::spawn(async move { write_file(&lake, &table, &id, &policy, &stats, part, entries).await }));
     }
     let mut files = Vec::new();
     let mut data_files = Vec::new();
@@ -336,18 +393,27 @@ async fn compact_topic<M: MetaStore + Clone + 'static>(
         delete_files(lake, &intent.files).await;
         return Err(e.into());
     }
-    let tx = Transaction::new(&table);
-    let append =
-        tx.fast_append().add_data_files(data_files).set_snapshot_properties(HashMap::from([(INTENT_PROP.to_string(), intent_id.clone())]));
-    let committed = match append.apply(tx) {
-        Ok(tx) => tx.commit(&lake.catalog).await,
-        Err(e) => Err(e),
+    let props = HashMap::from([(INTENT_PROP.to_string(), intent_id.clone())]);
+    let replaced: std::collections::HashSet<String> = intent.files.iter().flat_map(|f| f.replaces.iter().cloned()).collect();
+    let committed = if replaced.is_empty() {
+        let tx = Transaction::new(&table);
+        let append = tx.fast_append().add_data_files(data_files).set_snapshot_properties(props);
+        match append.apply(tx) {
+            Ok(tx) => tx.commit(&lake.catalog).await.map_err(Error::from),
+            Err(e) => Err(e.into()),
+        }
+    } else {
+        // One `overwrite` snapshot: the rewritten files in, the files they replace out.
+        match super::retention::commit_change(lake, &table, &replaced, data_files, props).await {
+            Ok(_) => lake.catalog.load_table(&Lake::ident(&topic.name)).await.map_err(Error::from),
+            Err(e) => Err(e),
+        }
     };
     let table = match committed {
         Ok(t) => t,
         Err(e) => {
             // The commit may still have happened (its answer lost): resuming looks at the table.
-            tracing::warn!(topic = %topic.name, error = %brief(&e), "table commit failed; resolving");
+            tracing::warn!(topic = %topic.name, error = %e, "table commit failed; resolving");
             return resume(shared, lake, &key, intent).await;
         }
     };
@@ -468,7 +534,7 @@ async fn swap<M: MetaStore>(shared: &Shared<M>, topic_id: &str, f: &FilePlan) ->
                 format: ENTRY_PARQUET,
                 file_size: f.size,
                 row_group: *i as u32,
-                committed_ms: now_ms(),
+                committed_ms: if g.appended_ms > 0 { g.appended_ms } else { now_ms() },
             };
             ops.push(Op::Put(keys::index(f.stream, g.end), Bytes::from(e.encode_to_vec())));
         }
@@ -483,28 +549,58 @@ async fn swap<M: MetaStore>(shared: &Shared<M>, topic_id: &str, f: &FilePlan) ->
     }
 }
 
-/// Reads and decodes the chunks of `entries` and writes their records as one Parquet file of
-/// the table. Decoding stops at the first chunk that cannot be decoded (it stays WAL and is
-/// reported); None when not even the first can.
-#[allow(clippy::too_many_arguments)]
+/// Reads the records of `entries` (WAL chunks, decoded; row groups of files written before)
+/// and writes them (key-compacted when the topic is) as one Parquet file of the table.
+/// Decoding stops at the first chunk that cannot be decoded (it stays WAL and is reported);
+/// None when not even the first can.
 async fn write_file(
     lake: &Lake,
     table: &iceberg::table::Table,
     intent_id: &str,
     policy: &Policy,
     stats: &Stats,
-    partition: i32,
-    stream: u64,
+    part: Part,
     entries: Vec<IndexEntry>,
 ) -> Result<Option<(FilePlan, DataFile)>, Error> {
+    let Part { partition, stream, .. } = part;
     let mut rows: Vec<Row> = Vec::new();
     let mut end = entries[0].base_offset;
     let mut wal_bytes = 0u64;
+    let mut replaces: Vec<String> = Vec::new();
+    let mut file: Option<(String, Bytes, ArrowReaderMetadata, HashMap<i64, i64>)> = None;
+    let parquet_err = |url: &str, e: parquet::errors::ParquetError| Error::Other(format!("{url}: {e}"));
     for e in &entries {
+        if e.format == ENTRY_PARQUET {
+            let url = lake.locate(&e.object_key).0;
+            if file.as_ref().is_none_or(|f| f.0 != url) {
+                let data = lake.file_io.new_input(&url)?.read().await?;
+                let meta = ArrowReaderMetadata::load(&data, Default::default()).map_err(|e| parquet_err(&url, e))?;
+                let kv = meta.metadata().file_metadata().key_value_metadata();
+                let marks = kv.and_then(|kv| kv.iter().find(|m| m.key == TOMBSTONES_KEY)).and_then(|m| m.value.as_deref());
+                let marks = marks.map(parse_tombstones).unwrap_or_default();
+                replaces.push(url.clone());
+                file = Some((url, data, meta, marks));
+            }
+            let Some((url, data, meta, marks)) = &file else { unreachable!("loaded above") };
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(data.clone(), meta.clone())
+                .with_row_groups(vec![e.row_group as usize])
+                .build()
+                .map_err(|err| parquet_err(url, err))?;
+            for batch in reader {
+                let batch = batch.map_err(|err| Error::Other(format!("{url}: {err}")))?;
+                let appended = |offset: i64, tombstone: bool| {
+                    if tombstone { marks.get(&offset).copied().unwrap_or(e.committed_ms) } else { e.committed_ms }
+                };
+                rows.extend(from_arrow(&batch, appended).map_err(|err| Error::Other(format!("{url}: {err}")))?);
+            }
+            end = e.end_offset;
+            continue;
+        }
         let (url, at) = lake.locate(&e.object_key);
         let data = lake.file_io.new_input(&url)?.reader().await?.read(at + e.position..at + e.position + u64::from(e.length)).await?;
         let info = wal_format::object::ChunkInfo { stream_id: stream, position: e.position, length: e.length, crc: e.crc };
-        let decoded = info.verify(&data).map_err(|err| err.to_string()).and_then(|_| decode_chunk(&data, e.base_offset, &mut rows));
+        let decoded =
+            info.verify(&data).map_err(|err| err.to_string()).and_then(|_| decode_chunk(&data, e.base_offset, e.committed_ms, &mut rows));
         if let Err(err) = decoded {
             stats.undecodable_chunks.fetch_add(1, Relaxed);
             tracing::error!(stream, object = %e.object_key, offset = e.base_offset, error = %err,
@@ -513,6 +609,10 @@ async fn write_file(
         }
         wal_bytes += u64::from(e.length);
         end = e.end_offset;
+    }
+    rows.retain(|r| r.offset >= part.log_start);
+    if let Some(delete_retention_ms) = part.keyed {
+        rows = key_compact(rows, now_ms(), delete_retention_ms);
     }
     if end == entries[0].base_offset || rows.is_empty() {
         return Ok(None);
@@ -525,6 +625,7 @@ async fn write_file(
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Other(e.to_string()))?))
         .set_max_row_group_row_count(Some(per_group.clamp(1, 1 << 20)))
+        .set_key_value_metadata(part.keyed.map(|_| vec![KeyValue::new(TOMBSTONES_KEY.to_string(), tombstones_of(&rows))]))
         .build();
     let names = DefaultFileNameGenerator::new(format!("{intent_id}-{partition}"), None, DataFileFormat::Parquet);
     let location = DefaultLocationGenerator::new(table.metadata())?;
@@ -555,7 +656,7 @@ async fn write_file(
     };
     let row_groups = row_groups(lake, &url, size, &rows, base, end).await?;
     stats.wal_bytes.fetch_add(wal_bytes, Relaxed);
-    let plan = FilePlan { stream, base, end, key: object_key, url, size, row_groups };
+    let plan = FilePlan { stream, base, end, key: object_key, url, size, row_groups, replaces };
     Ok(Some((plan, df)))
 }
 
@@ -591,6 +692,7 @@ async fn row_groups(lake: &Lake, url: &str, size: u64, rows: &[Row], base: i64, 
             length: (hi - lo) as u32,
             rows: count as u32,
             max_timestamp: group.iter().map(|r| r.timestamp).max().unwrap_or(-1),
+            appended_ms: group.iter().map(|r| r.appended_ms).max().unwrap_or(0),
         });
         at = group_end;
     }

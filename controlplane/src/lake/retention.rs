@@ -16,7 +16,7 @@ use crate::controller::gc::{bad, garbage_op, now_ms, ObjectRefs};
 use crate::controller::Shared;
 use crate::meta::{keys, Cond, MetaStore, Op};
 use iceberg::spec::{
-    ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary, TableMetadataBuilder, MAIN_BRANCH,
+    DataFile, ManifestFile, ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary, TableMetadataBuilder, MAIN_BRANCH,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation};
@@ -41,15 +41,22 @@ pub async fn apply<M: MetaStore>(shared: &Shared<M>, lake: &Lake, topics: &[Topi
     }
     for topic in topics {
         let Some(files) = by_topic.remove(&hex(&topic.topic_id)) else { continue };
+        let table = lake.table(topic).await?;
         if topic.configs.get(KEEP).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            // Kept in the table; only files a key compaction replaced there can go.
+            let live = live_files(&table).await?;
+            let replaced: Vec<Released> = files.into_iter().filter(|(k, _, _)| !live.contains(&lake.locate(k).0)).collect();
+            if !replaced.is_empty() {
+                expire_all(lake, &table).await;
+                to_garbage(shared, &replaced).await?;
+            }
             continue;
         }
-        let table = lake.table(topic).await?;
         let urls: HashSet<String> = files.iter().map(|(k, _, _)| lake.locate(k).0).collect();
         remove_files(lake, &table, &urls).await?;
         super::compact::remember(shared, lake, &topic.name, &hex(&topic.topic_id)).await?;
         to_garbage(shared, &files).await?;
-        tracing::info!(topic = %topic.name, files = files.len(), "files past retention left the table");
+        tracing::info!(topic = %topic.name, files = files.len(), "released files left the table");
     }
     // What is left belongs to deleted topics.
     for files in by_topic.values() {
@@ -83,33 +90,70 @@ async fn to_garbage<M: MetaStore>(shared: &Shared<M>, files: &[Released]) -> Res
 async fn remove_files(lake: &Lake, table: &Table, urls: &HashSet<String>) -> Result<(), Error> {
     let mut table = table.clone();
     for _ in 0..5 {
-        match remove_once(lake, &table, urls).await {
-            Ok(()) => break,
+        match commit_change(lake, &table, urls, Vec::new(), HashMap::new()).await {
+            Ok(_) => break,
             Err(Error::Other(e)) if e == CONFLICT => table = lake.catalog.load_table(table.identifier()).await?,
             Err(e) => return Err(e),
         }
     }
-    let table = lake.catalog.load_table(table.identifier()).await?;
-    if table.metadata().snapshots().count() > 1 {
-        use iceberg::transaction::{ApplyTransactionAction, Transaction};
-        let now = now_ms();
-        let tx = Transaction::new(&table);
-        let tx = tx.expire_snapshots().expire_older_than_ms(now).retain_last(1).apply(tx)?;
-        if let Err(e) = tx.commit(&lake.catalog).await {
-            // Old snapshots only keep time travel possible; the next pass expires them.
-            tracing::warn!(table = %table.identifier(), error = %brief(&e), "cannot expire snapshots");
-        }
-    }
+    expire_all(lake, &lake.catalog.load_table(table.identifier()).await?).await;
     Ok(())
 }
 
-const CONFLICT: &str = "table changed meanwhile";
+/// Expires every snapshot but the current one.
+async fn expire_all(lake: &Lake, table: &Table) {
+    if table.metadata().snapshots().count() < 2 {
+        return;
+    }
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+    let tx = Transaction::new(table);
+    let expired = match tx.expire_snapshots().expire_older_than_ms(now_ms()).retain_last(1).apply(tx) {
+        Ok(tx) => tx.commit(&lake.catalog).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = expired {
+        // Old snapshots only keep time travel possible; the next pass expires them.
+        tracing::warn!(table = %table.identifier(), error = %brief(&e), "cannot expire snapshots");
+    }
+}
 
-async fn remove_once(lake: &Lake, table: &Table, urls: &HashSet<String>) -> Result<(), Error> {
+/// The data files the table's current snapshot holds.
+async fn live_files(table: &Table) -> Result<HashSet<String>, Error> {
     let meta = table.metadata();
-    let Some(current) = meta.current_snapshot() else { return Ok(()) };
+    let Some(current) = meta.current_snapshot() else { return Ok(HashSet::new()) };
     let io = table.file_io();
     let list = ManifestList::parse_with_version(&io.new_input(current.manifest_list())?.read().await?, meta.format_version())?;
+    let mut out = HashSet::new();
+    for mf in list.entries() {
+        let manifest = mf.load_manifest(io).await?;
+        out.extend(manifest.entries().iter().filter(|e| e.is_alive()).map(|e| e.file_path().to_string()));
+    }
+    Ok(out)
+}
+
+pub(super) const CONFLICT: &str = "table changed meanwhile";
+
+/// Commits one snapshot that removes the data files at `urls` (those the table holds) and adds
+/// `add`, carrying `props` in its summary: a `delete` snapshot, or an `overwrite` when it adds.
+/// False when there was nothing to do; [`CONFLICT`] when another commit came first.
+pub(super) async fn commit_change(
+    lake: &Lake,
+    table: &Table,
+    urls: &HashSet<String>,
+    add: Vec<DataFile>,
+    props: HashMap<String, String>,
+) -> Result<bool, Error> {
+    let meta = table.metadata();
+    let io = table.file_io();
+    let existing: Vec<ManifestFile> = match meta.current_snapshot() {
+        Some(current) => {
+            let bytes = io.new_input(current.manifest_list())?.read().await?;
+            ManifestList::parse_with_version(&bytes, meta.format_version())?.consume_entries().into_iter().collect()
+        }
+        None if add.is_empty() => return Ok(false),
+        None => Vec::new(),
+    };
+    let parent = meta.current_snapshot().map(|s| s.snapshot_id());
     let snapshot_id = loop {
         let id = (uuid::Uuid::new_v4().as_u128() as i64) & i64::MAX;
         if id > 0 && meta.snapshot_by_id(id).is_none() {
@@ -119,7 +163,7 @@ async fn remove_once(lake: &Lake, table: &Table, urls: &HashSet<String>) -> Resu
     let seq = meta.next_sequence_number();
     let schema = meta.current_schema().clone();
     let (mut manifests, mut removed, mut removed_rows) = (Vec::new(), 0u64, 0u64);
-    for mf in list.entries() {
+    for mf in &existing {
         let manifest = mf.load_manifest(io).await?;
         if !manifest.entries().iter().any(|e| e.is_alive() && urls.contains(e.file_path())) {
             manifests.push(mf.clone());
@@ -140,28 +184,40 @@ async fn remove_once(lake: &Lake, table: &Table, urls: &HashSet<String>) -> Resu
                 removed += 1;
                 removed_rows += e.record_count();
             } else {
-                w.add_existing_file(e.data_file().clone(), e.snapshot_id().unwrap_or(current.snapshot_id()), seq_no, file_seq)?;
+                w.add_existing_file(e.data_file().clone(), e.snapshot_id().or(parent).unwrap_or_default(), seq_no, file_seq)?;
             }
         }
         manifests.push(w.write_manifest_file().await?);
     }
-    if removed == 0 {
-        return Ok(());
+    if removed == 0 && add.is_empty() {
+        return Ok(false);
+    }
+    let (added, added_rows) = (add.len(), add.iter().map(|f| f.record_count()).sum::<u64>());
+    if !add.is_empty() {
+        let spec = meta.default_partition_spec().as_ref().clone();
+        let out = io.new_output(format!("{}/metadata/{}-m0.avro", meta.location(), uuid::Uuid::new_v4()))?;
+        let mut w = ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec).build_v2_data();
+        for f in add {
+            w.add_file(f, seq)?;
+        }
+        manifests.push(w.write_manifest_file().await?);
     }
     let list_url = format!("{}/metadata/snap-{snapshot_id}-0-{}.avro", meta.location(), uuid::Uuid::new_v4());
-    let mut lw = ManifestListWriter::v2(io.new_output(&list_url)?.writer().await?, snapshot_id, Some(current.snapshot_id()), seq);
+    let mut lw = ManifestListWriter::v2(io.new_output(&list_url)?.writer().await?, snapshot_id, parent, seq);
     lw.add_manifests(manifests.into_iter())?;
     lw.close().await?;
-    let summary = Summary {
-        operation: Operation::Delete,
-        additional_properties: HashMap::from([
-            ("deleted-data-files".to_string(), removed.to_string()),
-            ("deleted-records".to_string(), removed_rows.to_string()),
-        ]),
-    };
+    let mut props = props;
+    props.extend([
+        ("deleted-data-files".to_string(), removed.to_string()),
+        ("deleted-records".to_string(), removed_rows.to_string()),
+        ("added-data-files".to_string(), added.to_string()),
+        ("added-records".to_string(), added_rows.to_string()),
+    ]);
+    let operation = if added > 0 { Operation::Overwrite } else { Operation::Delete };
+    let summary = Summary { operation, additional_properties: props };
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(Some(current.snapshot_id()))
+        .with_parent_snapshot_id(parent)
         .with_sequence_number(seq)
         .with_timestamp_ms(now_ms())
         .with_manifest_list(list_url)
@@ -178,5 +234,5 @@ async fn remove_once(lake: &Lake, table: &Table, urls: &HashSet<String>) -> Resu
     if !swapped.map_err(|e| Error::Other(format!("catalog: {e}")))? {
         return Err(Error::Other(CONFLICT.into()));
     }
-    Ok(())
+    Ok(true)
 }
