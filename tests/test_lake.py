@@ -10,24 +10,24 @@ import threading
 import duckdb
 import pytest
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry
 from pyiceberg.catalog.sql import SqlCatalog
 
 from cluster import free_port, wait_until
-from helpers import (assert_no_duplicates, assert_offsets_dense, assert_same_records, consume_range, consumer,
-                     create_topic, make_records, produce_records, producer, unique)
+from helpers import (Rec, assert_no_duplicates, assert_offsets_dense, assert_same_records, consume_range, consumer,
+                     create_topic, make_records, now_ms, produce_records, producer, unique, watermarks)
 from test_bench import scrape
-from test_retention import delete_records
+from test_retention import delete_records, incremental
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 
 
-def lake_cluster(sluice_factory, grace_ms=0, **extra):
+def lake_cluster(sluice_factory, grace_ms=0, cp_args=(), **extra):
     """A cluster that compacts whatever waits every 200 ms into small row groups, and collects
     released WAL objects after grace_ms; /metrics on the control plane."""
     port = free_port()
     args = ["--compaction-interval-ms", "200", "--compaction-min-bytes", "1", "--compaction-row-group-bytes", "65536",
-            "--gc-interval-ms", "200", "--gc-grace-ms", str(grace_ms), "--metrics-listen", f"127.0.0.1:{port}"]
+            "--gc-interval-ms", "200", "--gc-grace-ms", str(grace_ms), "--metrics-listen", f"127.0.0.1:{port}", *cp_args]
     sluice = sluice_factory(controlplane_args=args, **extra)
     return sluice, (lambda: scrape(port))
 
@@ -230,6 +230,140 @@ def test_rows_past_retention_leave_the_table_and_their_files_go(sluice_factory):
     assert all(file_exists(sluice, f) for f in table_files(sluice, keep))
     got = consume_range(sluice.bootstrap, follow, {0: 1500}, start_offsets={0: 1000})[0]
     assert [m.offset for m in got] == list(range(1000, 1500))
+
+
+def latest_by_key(records, deliveries):
+    """{key: (offset, value)} of the last record of each key."""
+    out = {}
+    for r, (_, o) in zip(records, deliveries):
+        out[r.key] = (o, r.value)
+    return out
+
+
+def read_all(sluice, topic):
+    """Every record of partition 0 from offset 0 to the high watermark, as a consumer reads it."""
+    _, high = watermarks(sluice.bootstrap, topic, 1)[0]
+    return consume_range(sluice.bootstrap, topic, {0: high})[0]
+
+
+def assert_compacted_view(got, want):
+    """What Kafka promises a consumer of a compacted topic: offsets in order, every latest record
+    (want: (key, offset, value)), and each key's last record the latest (a data plane may still
+    serve superseded records it had cached)."""
+    offsets = [m.offset for m in got]
+    assert offsets == sorted(set(offsets)), "offsets in order, each once"
+    seen = {(m.key, m.offset, m.value) for m in got}
+    assert set(want) <= seen, f"missing latest records: {sorted(set(want) - seen)[:5]}"
+    last = {m.key: (m.key, m.offset, m.value) for m in got}
+    assert {k: w for k, w in last.items() if w[2] is not None} == {w[0]: w for w in want if w[2] is not None}
+
+
+@pytest.mark.each_backend
+def test_key_compaction_keeps_the_latest_record_of_each_key_and_tombstones_go(sluice_factory):
+    sluice, cp = lake_cluster(sluice_factory)
+    topic = unique("lake-keys")
+    create_topic(sluice.bootstrap, topic, 1, config={"cleanup.policy": "compact", "delete.retention.ms": "3600000"})
+    ts = now_ms()
+
+    def rec(k, v):
+        return Rec(0, f"key-{k}".encode(), None if v is None else f"key-{k}-v{v}".encode(), [], ts)
+    # 50 keys, four versions each, then tombstones for the first ten (offsets 0..209).
+    records = [rec(k, v) for v in range(4) for k in range(50)] + [rec(k, None) for k in range(10)]
+    deliveries = produce_records(sluice.bootstrap, topic, records, **{"linger.ms": 20})
+    latest = latest_by_key(records, deliveries)
+
+    def table_is(want):
+        rows = table_rows(sluice, topic)
+        return rows is not None and sorted((r["key"], r["offset"], r["value"]) for r in rows.to_pylist()) == want
+    want = sorted((k, o, v) for k, (o, v) in latest.items())
+    wait_until(lambda: table_is(want), 90, interval=0.3, what="only the latest record of each key in the table")
+    assert_compacted_view(read_all(sluice, topic), want)
+    files_before = table_files(sluice, topic)
+    assert len(files_before) == 1, f"a rewrite replaces the partition's files: {files_before}"
+
+    # Tombstones go once delete.retention.ms has passed (checked when the partition is next
+    # compacted); newer versions of ten keys supersede older ones.
+    client = AdminClient({"bootstrap.servers": sluice.bootstrap})
+    incremental(client, topic, ConfigEntry("delete.retention.ms", "0", incremental_operation=AlterConfigOpType.SET)).result(30)
+    more = [rec(k, 5) for k in range(10, 20)]
+    more_deliveries = produce_records(sluice.bootstrap, topic, more)
+    for r, (_, o) in zip(more, more_deliveries):
+        latest[r.key] = (o, r.value)
+    want = sorted((k, o, v) for k, (o, v) in latest.items() if v is not None)
+    wait_until(lambda: table_is(want), 90, interval=0.3, what="tombstones gone from the table")
+    assert_compacted_view(read_all(sluice, topic), want)
+    # The replaced files leave the object store; the table's file stays.
+    wait_until(lambda: not any(file_exists(sluice, f) for f in files_before), 60, interval=0.3,
+               what="replaced files deleted from the object store")
+    assert all(file_exists(sluice, f) for f in table_files(sluice, topic))
+    # A consumer started afterwards, with nothing cached, reads exactly the compacted records,
+    # across the gaps, from Parquet.
+    wait_all_wal_collected(cp)
+    sluice.kill_dataplane()
+    sluice.start_dataplane()
+    got = read_all(sluice, topic)
+    assert [(m.key, m.offset, m.value) for m in got] == sorted(want, key=lambda w: w[1])
+    assert got[-1].offset == 219
+
+
+def put_object(sluice, key, data):
+    """Writes an object straight into the data planes' object store (over S3 with pyarrow's own
+    S3 client, or as a file of the local store's directory), as a process that dies before it
+    commits leaves one."""
+    if sluice.s3 is not None:
+        from pyarrow import fs
+        s3 = fs.S3FileSystem(access_key=sluice.s3.ACCESS_KEY, secret_key=sluice.s3.SECRET_KEY, region="us-east-1",
+                             endpoint_override=sluice.s3.endpoint, scheme="http")
+        with s3.open_output_stream(f"{sluice.s3.BUCKET}/{sluice.s3_prefix}/{key}") as out:
+            out.write(data)
+        return f"s3://{sluice.s3.BUCKET}/{sluice.s3_prefix}/{key}"
+    local = "wal/" + key if key.endswith(".wal") else key
+    path = sluice.dp_dir / "objects" / local
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return f"file://{path}"
+
+
+@pytest.mark.each_backend
+def test_objects_written_but_never_committed_are_swept(sluice_factory):
+    sluice, cp = lake_cluster(sluice_factory, cp_args=["--orphan-grace-ms", "1500"])
+    topic = unique("lake-orphans")
+    create_topic(sluice.bootstrap, topic, 1)
+    records = make_records(600, 1, "orphans")
+    produce_records(sluice.bootstrap, topic, records[:300])
+    wait_for_table(sluice, topic, 300)
+    # What a data plane killed between put and commit leaves (a WAL object), and a control plane
+    # killed while compaction wrote a file (a Parquet file in the table's directory).
+    files = table_files(sluice, topic)
+    table_dir = files[0].split("/data/", 1)[0]
+    table_key = table_dir[table_dir.index("tables/"):]
+    orphans = [put_object(sluice, "00000000000000000000000000abcdef.wal", b"uncommitted" * 100),
+               put_object(sluice, f"{table_key}/data/partition=0/00000-0-orphan.parquet", b"PAR1 never committed")]
+    produce_records(sluice.bootstrap, topic, records[300:])
+    wait_until(lambda: not any(file_exists(sluice, o) for o in orphans), 60, interval=0.3,
+               what="orphans deleted from the object store")
+    assert cp()["sluice_orphans_swept_total"] >= 2
+    # Nothing committed went with them.
+    assert all(file_exists(sluice, f) for f in table_files(sluice, topic))
+    got = consume_range(sluice.bootstrap, topic, {0: 600})[0]
+    assert_same_records(records, {0: got})
+    assert wait_for_table(sluice, topic, 600).num_rows == 600
+
+    # Once the topic is deleted, every file of its table goes: data files through the garbage
+    # collector, the Iceberg metadata (no table reaches it) through the sweep.
+    assert files_under(sluice, table_key)
+    client = AdminClient({"bootstrap.servers": sluice.bootstrap})
+    client.delete_topics([topic])[topic].result(30)
+    wait_until(lambda: not files_under(sluice, table_key), 60, interval=0.3, what="every file of the table deleted")
+    assert cp()["sluice_table_metadata_files_deleted_total"] > 0
+
+
+def files_under(sluice, prefix):
+    """Keys of the objects under prefix in the data planes' object store."""
+    if sluice.s3 is not None:
+        return sluice.s3.objects(f"{sluice.s3_prefix}/{prefix}/")
+    root = sluice.dp_dir / "objects" / prefix
+    return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 @pytest.mark.parametrize("backend", ["s3+etcd"], indirect=True)

@@ -103,6 +103,10 @@ struct Args {
     /// default: half the cores).
     #[arg(long, env = "SLUICE_COMPACTION_THREADS", value_parser = clap::value_parser!(u64).range(1..))]
     compaction_threads: Option<u64>,
+    /// An object in the object store that no index entry, table or compaction refers to (a put
+    /// whose commit never came) becomes garbage once this old, in milliseconds.
+    #[arg(long, env = "SLUICE_ORPHAN_GRACE_MS", default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(1..))]
+    orphan_grace_ms: u64,
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
 }
@@ -275,6 +279,7 @@ async fn start_compaction<M: meta::MetaStore + Clone + 'static>(
         max_bytes: args.compaction_file_bytes,
         row_group_bytes: args.compaction_row_group_bytes,
         interval: Duration::from_millis(args.compaction_interval_ms),
+        orphan_grace: Duration::from_millis(args.orphan_grace_ms),
     };
     let stats = ctl.shared.compaction.clone();
     rt.spawn(lake::compact::run(ctl.clone(), Arc::new(lake), policy, stats));

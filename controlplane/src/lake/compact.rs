@@ -67,6 +67,8 @@ pub struct Policy {
     pub row_group_bytes: u64,
     /// Time between passes.
     pub interval: Duration,
+    /// Objects no index or table refers to become garbage once this old (see [`super::sweep`]).
+    pub orphan_grace: Duration,
 }
 
 /// What compaction did, for `/metrics`.
@@ -82,6 +84,10 @@ pub struct Stats {
     /// WAL chunks that could not be decoded: they stay WAL (readable by Kafka clients).
     pub undecodable_chunks: AtomicU64,
     pub failures: AtomicU64,
+    /// Objects written but never committed, made garbage by the orphan sweep.
+    pub orphans: AtomicU64,
+    /// Iceberg metadata files no table reaches any more, deleted by the sweep.
+    pub metadata_files_deleted: AtomicU64,
 }
 
 /// One row group of a file, as its index entry will name it.
@@ -143,6 +149,11 @@ struct Intent {
     files: Vec<FilePlan>,
 }
 
+/// The object-store keys of the files of an intent (as stored).
+pub(super) fn intent_keys(value: Bytes) -> Result<Vec<String>, prost::DecodeError> {
+    Ok(Intent::decode(value)?.files.into_iter().map(|f| f.key).collect())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -164,6 +175,10 @@ pub async fn run<M: MetaStore + Clone + 'static>(ctl: Controller<M>, lake: Arc<L
     let mut tick = tokio::time::interval(policy.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut adopted = false;
+    let lister = super::sweep::operator(&lake).map_err(|e| tracing::warn!(error = %e, "no orphan sweep")).ok();
+    // Listing a bucket costs: the sweep runs about twice per grace period.
+    let sweep_every = (policy.orphan_grace / 2).max(policy.interval);
+    let mut swept: Option<Instant> = None;
     loop {
         tick.tick().await;
         if !adopted {
@@ -181,6 +196,17 @@ pub async fn run<M: MetaStore + Clone + 'static>(ctl: Controller<M>, lake: Arc<L
             tracing::warn!(error = %e, "compaction pass stopped");
         }
         stats.passes.fetch_add(1, Relaxed);
+        if let Some(op) = lister.as_ref().filter(|_| swept.is_none_or(|t| t.elapsed() >= sweep_every)) {
+            swept = Some(Instant::now());
+            let topics: Vec<Topic> = ctl.shared.topics.read().expect("poisoned").values().cloned().collect();
+            match super::sweep::sweep(&ctl.shared, &lake, op, policy.orphan_grace, &topics).await {
+                Ok(swept) => {
+                    stats.orphans.fetch_add(swept.orphans, Relaxed);
+                    stats.metadata_files_deleted.fetch_add(swept.metadata_files, Relaxed);
+                }
+                Err(e) => tracing::warn!(error = %e, "orphan sweep stopped"),
+            }
+        }
     }
 }
 
@@ -589,7 +615,11 @@ async fn write_file(
             for batch in reader {
                 let batch = batch.map_err(|err| Error::Other(format!("{url}: {err}")))?;
                 let appended = |offset: i64, tombstone: bool| {
-                    if tombstone { marks.get(&offset).copied().unwrap_or(e.committed_ms) } else { e.committed_ms }
+                    if tombstone {
+                        marks.get(&offset).copied().unwrap_or(e.committed_ms)
+                    } else {
+                        e.committed_ms
+                    }
                 };
                 rows.extend(from_arrow(&batch, appended).map_err(|err| Error::Other(format!("{url}: {err}")))?);
             }

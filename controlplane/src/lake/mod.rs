@@ -17,6 +17,7 @@
 pub mod compact;
 mod retention;
 mod rows;
+mod sweep;
 
 use iceberg::io::{FileIO, FileIOBuilder, StorageFactory};
 use iceberg::spec::{

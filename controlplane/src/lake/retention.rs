@@ -16,7 +16,8 @@ use crate::controller::gc::{bad, garbage_op, now_ms, ObjectRefs};
 use crate::controller::Shared;
 use crate::meta::{keys, Cond, MetaStore, Op};
 use iceberg::spec::{
-    DataFile, ManifestFile, ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary, TableMetadataBuilder, MAIN_BRANCH,
+    DataFile, ManifestFile, ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary, TableMetadataBuilder,
+    MAIN_BRANCH,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation};

@@ -192,6 +192,14 @@ pub mod keys {
     pub fn wal_refs(object_key: &str) -> String {
         format!("{ROOT}wal/refs/{object_key}")
     }
+    /// Range of every [`wal_refs`] key.
+    pub fn wal_refs_all() -> (String, String) {
+        (format!("{ROOT}wal/refs/"), format!("{ROOT}wal/refs0"))
+    }
+    /// When the orphan sweep first ran against this store (milliseconds since the epoch).
+    pub fn lake_sweep_since() -> String {
+        format!("{ROOT}lake/sweep_since")
+    }
     /// A WAL object no index entry refers to any more: to be deleted from the object store.
     pub fn wal_garbage(object_key: &str) -> String {
         format!("{ROOT}wal/garbage/{object_key}")
