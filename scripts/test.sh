@@ -104,6 +104,9 @@ command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install a Rust tool
 # The S3-compatible server the S3 tests (cargo's and pytest's) run against.
 log "s3s-fs (S3-compatible server) in ${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice-tools}"
 bash "$ROOT/scripts/s3-server.sh" --install
+# The Iceberg REST catalog server the lake tests keep tables in (besides the SQLite catalog).
+log "rustberg (Iceberg REST catalog) in ${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice-tools}"
+bash "$ROOT/scripts/rest-catalog.sh" --install
 
 log "cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all -- --check

@@ -93,10 +93,11 @@ class ServerProcess:
         self.log = Path(log)
         self.proc = None
 
-    def launch(self, cmd, port):
+    def launch(self, cmd, port, env=None):
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=None if env is None else {**child_env(), **env})
 
         def ready():
             if self.proc.poll() is not None:
@@ -192,6 +193,63 @@ class EtcdServer(ServerProcess):
              "--log-level", "warn"], self.port)
 
 
+class RestCatalogServer(ServerProcess):
+    """A real Apache Iceberg REST catalog (Rustberg, installed by scripts/rest-catalog.sh) on a
+    free loopback port, its own records in a redb file under data_dir, answering only requests
+    with its bearer token; the tables' files are in the warehouse (a directory, or the S3
+    server's bucket), which it writes each commit's metadata file to."""
+
+    TOKEN = "rb_sluice-test-token-0123456789abcdefghijklmnopqrstuvwxyz"
+
+    name = "rustberg"
+
+    def __init__(self, data_dir, warehouse, s3=None):
+        self.data_dir = Path(data_dir)
+        self.warehouse, self.s3 = warehouse, s3
+        self.port = free_port()
+        super().__init__(self.data_dir / "rustberg.log")
+
+    @property
+    def uri(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        exe = TOOLS_DIR / "bin" / "rustberg"
+        if not exe.exists():
+            pytest.fail(f"{exe} not found: run scripts/rest-catalog.sh --install", pytrace=False)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "rustberg.toml"
+        config.write_text(rest_catalog_config(self.port, self.data_dir / "catalog", self.warehouse,
+                                              self.s3.endpoint if self.s3 else None))
+        env = {"RUSTBERG_SLUICE_KEY": self.TOKEN}
+        if self.s3 is not None:
+            env.update(self.s3.env())
+        return self.launch([exe, "--config", config, "--insecure-http"], self.port, env)
+
+    def restart(self):
+        """kill -9, then start again on the same port and records."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        return self.start()
+
+
+def rest_catalog_config(port, catalog_dir, warehouse, s3_endpoint=None):
+    """Rustberg's configuration (the same as scripts/rest-catalog.sh writes): one admin key
+    (its secret in RUSTBERG_SLUICE_KEY), plain HTTP on loopback, table locations anywhere in the
+    warehouse (Sluice names a table's directory by its topic id), S3 credentials from the
+    environment."""
+    lines = ["[server]", 'host = "127.0.0.1"', f"port = {port}", "[server.auth]", "api_key_enabled = true",
+             "[[server.auth.api_keys]]", 'name = "sluice"', 'tenant = "default"', 'roles = ["admin"]',
+             'key_env = "RUSTBERG_SLUICE_KEY"', "[tls]", "enabled = false", "insecure_http = true", "[storage]",
+             f'catalog_url = "file://{catalog_dir}"', f'warehouse_location = "{warehouse}"',
+             'location_scope = "warehouse"', "[rate_limit]", "enabled = false"]
+    if s3_endpoint:
+        lines += ["[storage.properties]", f'"s3.endpoint" = "{s3_endpoint}"', '"s3.path-style-access" = "true"',
+                  '"s3.region" = "us-east-1"', '"s3.access-key-id" = "env:AWS_ACCESS_KEY_ID"',
+                  '"s3.secret-access-key" = "env:AWS_SECRET_ACCESS_KEY"']
+    return "\n".join(lines) + "\n"
+
+
 class Sluice:
     """One control plane and one data plane on free loopback ports with a private data dir."""
 
@@ -221,6 +279,9 @@ class Sluice:
         self.cp = None
         self.dp = None
         self._starts = {"controlplane": 0, "dataplane": 0}
+        # A RestCatalogServer holding the topics' tables instead of the SQLite catalog: see
+        # use_rest_catalog.
+        self.rest_catalog = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -235,15 +296,31 @@ class Sluice:
         meta = []
         if self.etcd is not None:
             meta = ["--metadata", f"etcd://{self.etcd.endpoint}/{self.etcd_namespace}"]
+        if self.rest_catalog is not None:
+            meta += ["--catalog", self.rest_catalog.uri]
         return [binary(CONTROLPLANE), "--data-dir", str(self.cp_dir),
                 "--rpc-listen", self.rpc_addr, *meta, *self.object_store_args(), *self.controlplane_args]
+
+    @property
+    def store_root(self):
+        """The object store's root URL (where the topics' tables are, under tables/)."""
+        if self.s3 is not None:
+            return f"s3://{self.s3.BUCKET}/{self.s3_prefix}"
+        return f"file://{self.dp_dir / 'objects'}"
+
+    def use_rest_catalog(self):
+        """Starts a REST catalog whose warehouse is this cluster's object store and makes the
+        control plane keep the topics' tables there (call before start; stopped with the
+        cluster)."""
+        self.rest_catalog = RestCatalogServer(self.base_dir / "rest-catalog", self.store_root, self.s3).start()
+        return self.rest_catalog
 
     def object_store_args(self):
         """Where the data plane keeps its objects (the control plane's compaction reads them there
         and writes the topics' tables beside them)."""
         if self.s3 is not None:
-            return ["--object-store", f"s3://{self.s3.BUCKET}/{self.s3_prefix}", "--s3-endpoint", self.s3.endpoint]
-        return ["--object-store", f"file://{self.dp_dir / 'objects'}"]
+            return ["--object-store", self.store_root, "--s3-endpoint", self.s3.endpoint]
+        return ["--object-store", self.store_root]
 
     def dataplane_cmd(self):
         store = self.object_store_args() if self.s3 is not None else []
@@ -252,10 +329,13 @@ class Sluice:
                 "--cores", str(self.cores), *store, *self.dataplane_args]
 
     def env(self):
-        """The environment of this cluster's processes (with the S3 credentials, on S3)."""
+        """The environment of this cluster's processes (with the S3 credentials, on S3, and the
+        REST catalog's token)."""
         env = child_env()
         if self.s3 is not None:
             env.update(self.s3.env())
+        if self.rest_catalog is not None:
+            env["SLUICE_CATALOG_TOKEN"] = self.rest_catalog.TOKEN
         return env
 
     # ------------------------------------------------------------------ process control
@@ -374,7 +454,12 @@ class Sluice:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        if self.rest_catalog is not None:
+            self.rest_catalog.stop()
 
     def log_tails(self):
-        return (f"--- controlplane log ({self.cp_log}) ---\n{tail(self.cp_log)}\n"
-                f"--- dataplane log ({self.dp_log}) ---\n{tail(self.dp_log)}")
+        tails = (f"--- controlplane log ({self.cp_log}) ---\n{tail(self.cp_log)}\n"
+                 f"--- dataplane log ({self.dp_log}) ---\n{tail(self.dp_log)}")
+        if self.rest_catalog is not None:
+            tails += f"\n--- REST catalog log ({self.rest_catalog.log}) ---\n{tail(self.rest_catalog.log)}"
+        return tails

@@ -1,7 +1,7 @@
 """Every topic is an Iceberg table: compaction turns WAL chunks into Parquet files of the topic's
-table (read here by pyiceberg through the same SQLite catalog, and queried with DuckDB), swaps
-the index to them, and the data plane serves fetches of compacted ranges from Parquet. Runs on
-both back ends."""
+table (read here by pyiceberg through the same catalog: the SQLite file, or a real Iceberg REST
+catalog, and queried with DuckDB), swaps the index to them, and the data plane serves fetches of
+compacted ranges from Parquet. Runs on both back ends."""
 
 import os
 import shutil
@@ -11,6 +11,7 @@ import duckdb
 import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
 
 from cluster import free_port, wait_until
@@ -20,25 +21,34 @@ from test_bench import scrape
 from test_retention import delete_records, incremental
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
+# The catalogs the tables can be in: the SQLite file in the control plane's data directory (the
+# default), or an Iceberg REST catalog server.
+CATALOGS = ["sqlite", "rest"]
 
 
-def lake_cluster(sluice_factory, grace_ms=0, cp_args=(), **extra):
+def lake_cluster(sluice_factory, grace_ms=0, cp_args=(), catalog_kind="sqlite", **extra):
     """A cluster that compacts whatever waits every 200 ms into small row groups, and collects
     released WAL objects after grace_ms; /metrics on the control plane."""
     port = free_port()
     args = ["--compaction-interval-ms", "200", "--compaction-min-bytes", "1", "--compaction-row-group-bytes", "65536",
             "--gc-interval-ms", "200", "--gc-grace-ms", str(grace_ms), "--metrics-listen", f"127.0.0.1:{port}", *cp_args]
-    sluice = sluice_factory(controlplane_args=args, **extra)
+    sluice = sluice_factory(controlplane_args=args, start=False, **extra)
+    if catalog_kind == "rest":
+        sluice.use_rest_catalog()
+    sluice.start()
     return sluice, (lambda: scrape(port))
 
 
 def catalog(sluice):
-    """pyiceberg's SQL catalog on the control plane's SQLite file."""
-    props = {"uri": f"sqlite:///{sluice.cp_dir / 'catalog.db'}"}
+    """pyiceberg's catalog of the cluster's tables: its SQL catalog on the control plane's
+    SQLite file, or its REST catalog talking to the cluster's REST catalog server."""
+    props = {}
     if sluice.s3 is not None:
         props.update({"s3.endpoint": sluice.s3.endpoint, "s3.access-key-id": sluice.s3.ACCESS_KEY,
                       "s3.secret-access-key": sluice.s3.SECRET_KEY, "s3.region": "us-east-1"})
-    return SqlCatalog("sluice", **props)
+    if sluice.rest_catalog is not None:
+        return RestCatalog("sluice", uri=sluice.rest_catalog.uri, token=sluice.rest_catalog.TOKEN, **props)
+    return SqlCatalog("sluice", uri=f"sqlite:///{sluice.cp_dir / 'catalog.db'}", **props)
 
 
 def table_rows(sluice, topic):
@@ -78,9 +88,10 @@ def assert_table_holds(table, records, deliveries):
         assert got == (p, o, r.key, r.value, list(r.headers), r.timestamp, 0), f"row {p}/{o}:\n {got!r:.300}\n {r!r:.300}"
 
 
+@pytest.mark.parametrize("catalog_kind", CATALOGS)
 @pytest.mark.each_backend
-def test_every_codec_lands_in_the_table_and_reads_back_from_parquet(sluice_factory):
-    sluice, cp = lake_cluster(sluice_factory)
+def test_every_codec_lands_in_the_table_and_reads_back_from_parquet(sluice_factory, catalog_kind):
+    sluice, cp = lake_cluster(sluice_factory, catalog_kind=catalog_kind)
     topics = {}
     for codec in CODECS:
         topic = unique(f"lake-{codec}")
@@ -164,20 +175,23 @@ def test_a_consumer_reading_during_compaction_sees_every_offset_once(sluice_fact
     assert [m.value for m in again] == [m.value for m in got]
 
 
+@pytest.mark.parametrize("catalog_kind", CATALOGS)
 @pytest.mark.each_backend
-def test_restarts_in_the_middle_of_compaction_leave_the_table_and_the_index_agreeing(sluice_factory):
-    sluice, cp = lake_cluster(sluice_factory)
+def test_restarts_in_the_middle_of_compaction_leave_the_table_and_the_index_agreeing(sluice_factory, catalog_kind):
+    sluice, cp = lake_cluster(sluice_factory, catalog_kind=catalog_kind)
     topic = unique("lake-kill")
     create_topic(sluice.bootstrap, topic, 2)
     records = make_records(4000, 2, "kill")
     deliveries = produce_records(sluice.bootstrap, topic, records[:2000], **{"linger.ms": 20})
     # kill -9 of the control plane while it compacts (each restart resumes what was under way),
-    # then of every process.
+    # then of every process (the REST catalog server's included).
     for _ in range(3):
         wait_until(lambda: cp().get("sluice_compaction_passes_total", 0) >= 1, 30, what="a compaction pass")
         sluice.kill_controlplane()
         sluice.start_controlplane()
     deliveries += produce_records(sluice.bootstrap, topic, records[2000:], **{"linger.ms": 20})
+    if sluice.rest_catalog is not None:
+        sluice.rest_catalog.restart()
     sluice.restart_all()
     assert_table_holds(wait_for_table(sluice, topic, len(records)), records, deliveries)
     got = consume_range(sluice.bootstrap, topic, {0: 2000, 1: 2000})
@@ -198,9 +212,10 @@ def file_exists(sluice, path):
     return os.path.exists(path.removeprefix("file://"))
 
 
+@pytest.mark.parametrize("catalog_kind", CATALOGS)
 @pytest.mark.each_backend
-def test_rows_past_retention_leave_the_table_and_their_files_go(sluice_factory):
-    sluice, cp = lake_cluster(sluice_factory)
+def test_rows_past_retention_leave_the_table_and_their_files_go(sluice_factory, catalog_kind):
+    sluice, cp = lake_cluster(sluice_factory, catalog_kind=catalog_kind)
     follow, keep = unique("lake-follow"), unique("lake-keep")
     create_topic(sluice.bootstrap, follow, 1)
     create_topic(sluice.bootstrap, keep, 1, config={"sluice.table.keep": "true"})
@@ -258,9 +273,10 @@ def assert_compacted_view(got, want):
     assert {k: w for k, w in last.items() if w[2] is not None} == {w[0]: w for w in want if w[2] is not None}
 
 
+@pytest.mark.parametrize("catalog_kind", CATALOGS)
 @pytest.mark.each_backend
-def test_key_compaction_keeps_the_latest_record_of_each_key_and_tombstones_go(sluice_factory):
-    sluice, cp = lake_cluster(sluice_factory)
+def test_key_compaction_keeps_the_latest_record_of_each_key_and_tombstones_go(sluice_factory, catalog_kind):
+    sluice, cp = lake_cluster(sluice_factory, catalog_kind=catalog_kind)
     topic = unique("lake-keys")
     create_topic(sluice.bootstrap, topic, 1, config={"cleanup.policy": "compact", "delete.retention.ms": "3600000"})
     ts = now_ms()
@@ -324,9 +340,10 @@ def put_object(sluice, key, data):
     return f"file://{path}"
 
 
+@pytest.mark.parametrize("catalog_kind", CATALOGS)
 @pytest.mark.each_backend
-def test_objects_written_but_never_committed_are_swept(sluice_factory):
-    sluice, cp = lake_cluster(sluice_factory, cp_args=["--orphan-grace-ms", "1500"])
+def test_objects_written_but_never_committed_are_swept(sluice_factory, catalog_kind):
+    sluice, cp = lake_cluster(sluice_factory, cp_args=["--orphan-grace-ms", "1500"], catalog_kind=catalog_kind)
     topic = unique("lake-orphans")
     create_topic(sluice.bootstrap, topic, 1)
     records = make_records(600, 1, "orphans")

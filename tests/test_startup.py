@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import kafka_wire as kw
-from cluster import CONTROLPLANE, DATAPLANE, binary, free_port
+from cluster import CONTROLPLANE, DATAPLANE, RestCatalogServer, binary, free_port
 from helpers import HealthProbe
 
 ROLES = ["controlplane", "dataplane"]
@@ -86,10 +86,26 @@ def test_bad_flag(request, tmp_path, role, extra, mentions):
     (["--catalog", "mysql://db/sluice"], ["--catalog", "scheme"]),
     (["--object-store", "ftp://host/dir"], ["--object-store", "scheme"]),
     (["--object-store", "s3://bucket"], ["--s3-endpoint"]),
-], ids=["catalog-scheme", "object-store-scheme", "s3-without-endpoint"])
+    (["--catalog-warehouse", "lake"], ["--catalog-warehouse"]),
+    (["--catalog", f"http://127.0.0.1:{free_port()}"], ["cannot reach the REST catalog"]),
+], ids=["catalog-scheme", "object-store-scheme", "s3-without-endpoint", "warehouse-without-rest", "rest-unreachable"])
 def test_controlplane_bad_lake_flags(request, tmp_path, extra, mentions):
     cmd = role_command("controlplane", request, tmp_path, f"127.0.0.1:{free_port()}", extra)
     assert_one_line_error(run_expecting_failure(cmd), *mentions)
+
+
+def test_controlplane_refused_by_the_rest_catalog(request, tmp_path):
+    """A REST catalog that refuses the token: one line naming the catalog and its answer."""
+    server = RestCatalogServer(tmp_path / "rest-catalog", f"file://{tmp_path / 'objects'}").start()
+    try:
+        cmd = role_command("controlplane", request, tmp_path, f"127.0.0.1:{free_port()}", ["--catalog", server.uri])
+        env = clean_env()
+        env["SLUICE_CATALOG_TOKEN"] = "rb_not-the-token-0123456789abcdefghijklmnopqrstuvwxyz"
+        proc = subprocess.run(cmd, capture_output=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+        assert_one_line_error(proc, "REST catalog")
+        assert "401" in proc.stderr.decode()
+    finally:
+        server.stop()
 
 
 def test_dataplane_bad_flag_value(request, tmp_path):

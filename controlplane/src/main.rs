@@ -81,9 +81,13 @@ struct Args {
     #[arg(long, env = "SLUICE_S3_REGION", default_value = "us-east-1")]
     s3_region: String,
     /// The Iceberg catalog of the topics' tables: `sqlite://PATH?mode=rwc` (iceberg's SQL
-    /// catalog; default DATA_DIR/catalog.db).
+    /// catalog; default DATA_DIR/catalog.db) or `http(s)://HOST[:PORT][/PATH]`, an Iceberg REST
+    /// catalog (its bearer token in SLUICE_CATALOG_TOKEN).
     #[arg(long, env = "SLUICE_CATALOG")]
     catalog: Option<String>,
+    /// The warehouse to ask a REST catalog for (catalogs that serve several need it).
+    #[arg(long, env = "SLUICE_CATALOG_WAREHOUSE")]
+    catalog_warehouse: Option<String>,
     /// How often compaction looks for partitions to turn into Parquet, in milliseconds.
     #[arg(long, env = "SLUICE_COMPACTION_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     compaction_interval_ms: u64,
@@ -184,6 +188,7 @@ async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) ->
         args.s3_endpoint.as_deref(),
         &args.s3_region,
         args.catalog.as_deref(),
+        args.catalog_warehouse.as_deref(),
     )?;
     let listener =
         Arc::new(tokio::net::TcpListener::bind(&args.rpc_listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.rpc_listen))?);

@@ -34,7 +34,6 @@ use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator,
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use iceberg::Catalog;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -425,7 +424,7 @@ async fn compact_topic<M: MetaStore + Clone + 'static>(
         let tx = Transaction::new(&table);
         let append = tx.fast_append().add_data_files(data_files).set_snapshot_properties(props);
         match append.apply(tx) {
-            Ok(tx) => tx.commit(&lake.catalog).await.map_err(Error::from),
+            Ok(tx) => tx.commit(lake.catalog.as_ref()).await.map_err(Error::from),
             Err(e) => Err(e.into()),
         }
     } else {
@@ -467,7 +466,7 @@ async fn expire_snapshots(lake: &Lake, table: &iceberg::table::Table) {
     }
     let tx = Transaction::new(table);
     let expired = match tx.expire_snapshots().expire_older_than_ms(now - SNAPSHOT_MAX_AGE_MS).retain_last(1).apply(tx) {
-        Ok(tx) => tx.commit(&lake.catalog).await.map(|_| ()),
+        Ok(tx) => tx.commit(lake.catalog.as_ref()).await.map(|_| ()),
         Err(e) => Err(e),
     };
     if let Err(e) = expired {

@@ -1,6 +1,7 @@
 //! The lake: every topic is an Apache Iceberg table of Parquet files, in a catalog (iceberg's SQL
-//! catalog, on SQLite in the data directory by default) whose files live in the object store the
-//! data planes write their WAL objects to, under `tables/`.
+//! catalog, on SQLite in the data directory by default; an Iceberg REST catalog by
+//! configuration) whose files live in the object store the data planes write their WAL objects
+//! to, under `tables/`.
 //!
 //! The table of a topic is `sluice.<topic>`. Its schema ([`schema`]): `partition` (int),
 //! `offset` (long), `timestamp` (timestamptz), `timestamp_type` (int: 0 CreateTime,
@@ -15,24 +16,25 @@
 //! planes then serve fetches from.
 
 pub mod compact;
+mod rest;
 mod retention;
 mod rows;
 mod sweep;
 
 use iceberg::io::{FileIO, FileIOBuilder, StorageFactory};
 use iceberg::spec::{
-    ListType, NestedField, NullOrder, PrimitiveType, Schema, SortDirection, SortField, SortOrder, StructType, Transform, Type,
-    UnboundPartitionSpec,
+    ListType, NestedField, NullOrder, PrimitiveType, Schema, Snapshot, SortDirection, SortField, SortOrder, StructType,
+    TableMetadataBuilder, Transform, Type, UnboundPartitionSpec, MAIN_BRANCH,
 };
 use iceberg::table::Table;
-use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{
-    SqlBindStyle, SqlCatalog, SqlCatalogBuilder, SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE,
-};
+use iceberg::{Catalog, CatalogBuilder, MetadataLocation, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder, SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
 use iceberg_storage_opendal::OpenDalStorageFactory;
 use sluice_rpc::Topic;
 use std::collections::HashMap;
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// The namespace of every topic's table, and the catalog's name (pyiceberg's `SqlCatalog` must
@@ -42,11 +44,20 @@ pub const NAMESPACE: &str = "sluice";
 /// under its name gets a new table).
 const TOPIC_ID_PROP: &str = "sluice.topic-id";
 
+/// The catalog that holds the tables.
+#[derive(Debug, Clone)]
+pub enum CatalogConfig {
+    /// iceberg's SQL catalog: its database URL (`sqlite://PATH?mode=rwc`).
+    Sql(String),
+    /// An Iceberg REST catalog: its base URI (the part before `/v1`), the warehouse to ask it
+    /// for, and the bearer token to send.
+    Rest { uri: String, warehouse: Option<String>, token: Option<String> },
+}
+
 /// Where the lake is.
 #[derive(Debug, Clone)]
 pub struct LakeConfig {
-    /// The catalog's database URL (`sqlite://PATH?mode=rwc`).
-    pub catalog_uri: String,
+    pub catalog: CatalogConfig,
     /// The object store's root URL: `file:///DIR` or `s3://BUCKET[/PREFIX]`, no trailing slash.
     pub store_root: String,
     /// FileIO properties (S3 endpoint, region, credentials).
@@ -55,23 +66,40 @@ pub struct LakeConfig {
 
 impl LakeConfig {
     /// The lake on the same object store as the data planes: `store` as `--object-store` takes
-    /// it (None: DATA_DIR/objects), the catalog in `data_dir`.
+    /// it (None: DATA_DIR/objects), the catalog `catalog` as `--catalog` takes it (None: a
+    /// SQLite file in `data_dir`); a REST catalog's warehouse and token (`SLUICE_CATALOG_TOKEN`).
     pub fn from_flags(
         data_dir: &Path,
         store: Option<&str>,
         s3_endpoint: Option<&str>,
         s3_region: &str,
         catalog: Option<&str>,
+        warehouse: Option<&str>,
     ) -> Result<Self, String> {
         let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
-        let catalog_uri = match catalog {
+        let catalog = match catalog {
             None => {
                 std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
-                format!("sqlite://{}?mode=rwc", abs(&data_dir.join("catalog.db"))?.display())
+                CatalogConfig::Sql(format!("sqlite://{}?mode=rwc", abs(&data_dir.join("catalog.db"))?.display()))
             }
-            Some(u) if u.starts_with("sqlite://") => u.to_string(),
-            Some(u) => return Err(format!("--catalog {u}: unknown scheme (use sqlite://PATH?mode=rwc)")),
+            Some(u) if u.starts_with("sqlite://") => CatalogConfig::Sql(u.to_string()),
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                let uri = u.trim_end_matches('/').trim_end_matches("/v1").to_string();
+                if uri.split("://").nth(1).is_none_or(str::is_empty) {
+                    return Err(format!("--catalog {u}: no host"));
+                }
+                let token = std::env::var("SLUICE_CATALOG_TOKEN").ok().filter(|t| !t.is_empty());
+                CatalogConfig::Rest { uri, warehouse: warehouse.map(str::to_string), token }
+            }
+            Some(u) => {
+                return Err(format!(
+                    "--catalog {u}: unknown scheme (use sqlite://PATH?mode=rwc or http(s)://HOST[:PORT][/PATH] of a REST catalog)"
+                ))
+            }
         };
+        if warehouse.is_some() && !matches!(catalog, CatalogConfig::Rest { .. }) {
+            return Err("--catalog-warehouse: only for a REST catalog (--catalog http(s)://...)".into());
+        }
         let mut props = HashMap::new();
         let store_root = match store {
             None => format!("file://{}", abs(&data_dir.join("objects"))?.display()),
@@ -103,7 +131,7 @@ impl LakeConfig {
             }
             Some(u) => return Err(format!("--object-store {u}: unknown scheme (use file://DIR or s3://BUCKET[/PREFIX])")),
         };
-        Ok(LakeConfig { catalog_uri, store_root, props })
+        Ok(LakeConfig { catalog, store_root, props })
     }
 
     fn local(&self) -> bool {
@@ -113,11 +141,18 @@ impl LakeConfig {
 
 /// The catalog, and the object store as files.
 pub struct Lake {
-    pub catalog: SqlCatalog,
+    pub catalog: Box<dyn Catalog>,
     pub file_io: FileIO,
-    /// The catalog's database, for the commits iceberg-rust has no action for.
-    db: sqlx::SqlitePool,
+    /// How the commits iceberg-rust has no action for reach the catalog.
+    commits: Commits,
     cfg: LakeConfig,
+}
+
+enum Commits {
+    /// The SQL catalog's database: the metadata file is written here and swapped in.
+    Sql(sqlx::SqlitePool),
+    /// The REST catalog's commit endpoint: it writes the metadata file.
+    Rest(rest::RestCommits),
 }
 
 impl Lake {
@@ -129,21 +164,42 @@ impl Lake {
             Arc::new(OpenDalStorageFactory::S3 { customized_credential_load: None })
         };
         let mut props = cfg.props.clone();
-        props.insert(SQL_CATALOG_PROP_URI.into(), cfg.catalog_uri.clone());
-        props.insert(SQL_CATALOG_PROP_WAREHOUSE.into(), format!("{}/tables", cfg.store_root));
-        props.insert(SQL_CATALOG_PROP_BIND_STYLE.into(), SqlBindStyle::QMark.to_string());
-        let catalog = SqlCatalogBuilder::default()
-            .with_storage_factory(factory.clone())
-            .load(NAMESPACE, props)
-            .await
-            .map_err(|e| format!("cannot open the Iceberg catalog at {}: {}", cfg.catalog_uri, compact::brief(&e)))?;
+        let (catalog, commits): (Box<dyn Catalog>, Commits) = match &cfg.catalog {
+            CatalogConfig::Sql(uri) => {
+                props.insert(SQL_CATALOG_PROP_URI.into(), uri.clone());
+                props.insert(SQL_CATALOG_PROP_WAREHOUSE.into(), format!("{}/tables", cfg.store_root));
+                props.insert(SQL_CATALOG_PROP_BIND_STYLE.into(), SqlBindStyle::QMark.to_string());
+                let catalog = SqlCatalogBuilder::default()
+                    .with_storage_factory(factory.clone())
+                    .load(NAMESPACE, props)
+                    .await
+                    .map_err(|e| format!("cannot open the Iceberg catalog at {uri}: {}", compact::brief(&e)))?;
+                let db = sqlx::SqlitePool::connect(uri).await.map_err(|e| format!("cannot open {uri}: {e}"))?;
+                (Box::new(catalog), Commits::Sql(db))
+            }
+            CatalogConfig::Rest { uri, warehouse, token } => {
+                let commits = rest::RestCommits::connect(uri, warehouse.as_deref(), token.as_deref(), NAMESPACE).await?;
+                props.insert(REST_CATALOG_PROP_URI.into(), uri.clone());
+                if let Some(w) = warehouse {
+                    props.insert(REST_CATALOG_PROP_WAREHOUSE.into(), w.clone());
+                }
+                if let Some(t) = token {
+                    props.insert("token".into(), t.clone());
+                }
+                let catalog = RestCatalogBuilder::default()
+                    .with_storage_factory(factory.clone())
+                    .load(NAMESPACE, props)
+                    .await
+                    .map_err(|e| format!("cannot open the Iceberg REST catalog at {uri}: {}", compact::brief(&e)))?;
+                (Box::new(catalog), Commits::Rest(commits))
+            }
+        };
         let file_io = FileIOBuilder::new(factory).with_props(cfg.props.clone()).build();
         let ns = NamespaceIdent::new(NAMESPACE.into());
         if !catalog.namespace_exists(&ns).await.map_err(|e| format!("Iceberg catalog: {}", compact::brief(&e)))? {
             catalog.create_namespace(&ns, HashMap::new()).await.map_err(|e| format!("Iceberg catalog: {}", compact::brief(&e)))?;
         }
-        let db = sqlx::SqlitePool::connect(&cfg.catalog_uri).await.map_err(|e| format!("cannot open {}: {e}", cfg.catalog_uri))?;
-        Ok(Lake { catalog, file_io, db, cfg })
+        Ok(Lake { catalog, file_io, commits, cfg })
     }
 
     /// Where an object of the object store is: its URL, and the position of its bytes there
@@ -166,9 +222,32 @@ impl Lake {
         url.strip_prefix(&self.cfg.store_root).map(|k| k.trim_start_matches('/').to_string())
     }
 
-    /// Points the catalog's record of table `name` at metadata file `to`, if it still names
+    /// Makes `snapshot` (its manifests written) the head of `table`'s main branch, if the table
+    /// is still as loaded; false when another commit came first.
+    pub async fn commit_snapshot(&self, table: &Table, snapshot: Snapshot) -> Result<bool, String> {
+        let meta = table.metadata();
+        match &self.commits {
+            Commits::Rest(rest) => {
+                let parent = meta.current_snapshot().map(|s| s.snapshot_id());
+                rest.add_snapshot(table.identifier().name(), meta.uuid(), parent, snapshot).await
+            }
+            Commits::Sql(db) => {
+                let brief = |e: iceberg::Error| compact::brief(&e);
+                let current = table.metadata_location().ok_or("table has no metadata location")?.to_string();
+                let built = TableMetadataBuilder::new_from_metadata(meta.clone(), Some(current.clone()))
+                    .set_branch_snapshot(snapshot, MAIN_BRANCH)
+                    .and_then(|b| b.build())
+                    .map_err(brief)?;
+                let next = MetadataLocation::from_str(&current).map_err(brief)?.with_next_version().with_new_metadata(&built.metadata);
+                built.metadata.write_to(table.file_io(), &next).await.map_err(brief)?;
+                Self::swap_metadata(db, table.identifier().name(), &current, &next.to_string()).await.map_err(|e| format!("catalog: {e}"))
+            }
+        }
+    }
+
+    /// Points the SQL catalog's record of table `name` at metadata file `to`, if it still names
     /// `from` (the compare-and-set the SQL catalog's own commits make); false when it does not.
-    pub async fn swap_metadata(&self, name: &str, from: &str, to: &str) -> Result<bool, sqlx::Error> {
+    async fn swap_metadata(db: &sqlx::SqlitePool, name: &str, from: &str, to: &str) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
              WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?",
@@ -179,7 +258,7 @@ impl Lake {
         .bind(NAMESPACE)
         .bind(name)
         .bind(from)
-        .execute(&self.db)
+        .execute(db)
         .await?;
         Ok(done.rows_affected() == 1)
     }

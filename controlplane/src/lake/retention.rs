@@ -7,24 +7,20 @@
 //! topic is deleted).
 //!
 //! iceberg-rust 0.10 has no action that removes data files, so the commit is made here from its
-//! public parts (manifest and manifest-list writers, the metadata builder) and swapped into the
-//! SQL catalog with the same compare-and-set on the metadata location its own commits use.
+//! public parts (manifest and manifest-list writers) and committed by [`Lake::commit_snapshot`]:
+//! into the SQL catalog with the same compare-and-set on the metadata location its own commits
+//! use, or to a REST catalog through the protocol's commit endpoint.
 
 use super::compact::{brief, Error};
 use super::{hex, Lake};
 use crate::controller::gc::{bad, garbage_op, now_ms, ObjectRefs};
 use crate::controller::Shared;
 use crate::meta::{keys, Cond, MetaStore, Op};
-use iceberg::spec::{
-    DataFile, ManifestFile, ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary, TableMetadataBuilder,
-    MAIN_BRANCH,
-};
+use iceberg::spec::{DataFile, ManifestFile, ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary};
 use iceberg::table::Table;
-use iceberg::{Catalog, MetadataLocation};
 use prost::Message;
 use sluice_rpc::Topic;
 use std::collections::{HashMap, HashSet};
-use std::str::FromStr;
 
 /// Topic config: keep the table's rows after the stream let go of them.
 pub const KEEP: &str = "sluice.table.keep";
@@ -109,7 +105,7 @@ async fn expire_all(lake: &Lake, table: &Table) {
     use iceberg::transaction::{ApplyTransactionAction, Transaction};
     let tx = Transaction::new(table);
     let expired = match tx.expire_snapshots().expire_older_than_ms(now_ms()).retain_last(1).apply(tx) {
-        Ok(tx) => tx.commit(&lake.catalog).await.map(|_| ()),
+        Ok(tx) => tx.commit(lake.catalog.as_ref()).await.map(|_| ()),
         Err(e) => Err(e),
     };
     if let Err(e) = expired {
@@ -225,14 +221,7 @@ pub(super) async fn commit_change(
         .with_schema_id(meta.current_schema_id())
         .with_summary(summary)
         .build();
-    let current_location = table.metadata_location().ok_or_else(|| Error::Other("table has no metadata location".into()))?.to_string();
-    let built = TableMetadataBuilder::new_from_metadata(meta.clone(), Some(current_location.clone()))
-        .set_branch_snapshot(snapshot, MAIN_BRANCH)?
-        .build()?;
-    let next = MetadataLocation::from_str(&current_location)?.with_next_version().with_new_metadata(&built.metadata);
-    built.metadata.write_to(io, &next).await?;
-    let swapped = lake.swap_metadata(table.identifier().name(), &current_location, &next.to_string()).await;
-    if !swapped.map_err(|e| Error::Other(format!("catalog: {e}")))? {
+    if !lake.commit_snapshot(table, snapshot).await.map_err(Error::Other)? {
         return Err(Error::Other(CONFLICT.into()));
     }
     Ok(true)

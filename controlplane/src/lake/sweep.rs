@@ -31,7 +31,6 @@ use crate::meta::{keys, Cond, MetaStore, Op};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use iceberg::spec::ManifestList;
-use iceberg::Catalog;
 use sluice_rpc::Topic;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
