@@ -247,6 +247,25 @@ def test_rows_past_retention_leave_the_table_and_their_files_go(sluice_factory, 
     assert [m.offset for m in got] == list(range(1000, 1500))
 
 
+@pytest.mark.each_backend
+def test_compaction_io_is_paced_to_its_limit(sluice_factory):
+    """--compaction-io-bytes-per-sec: compaction's reads and writes wait their turn (the waits are
+    counted), and everything still reaches the table."""
+    rate = 200_000
+    sluice, cp = lake_cluster(sluice_factory, cp_args=["--compaction-io-bytes-per-sec", str(rate)])
+    topic = unique("lake-paced")
+    create_topic(sluice.bootstrap, topic, 1)
+    records = make_records(3000, 1, "paced")
+    deliveries = produce_records(sluice.bootstrap, topic, records)
+    assert_table_holds(wait_for_table(sluice, topic, len(records), timeout=120), records, deliveries)
+    m = cp()
+    moved = m["sluice_compaction_wal_bytes_total"] + m["sluice_compaction_parquet_bytes_total"]
+    # Everything was produced before compaction had read a quarter of it: at least half of the
+    # schedule the limit sets was spent waiting.
+    print(f"compaction moved {moved / 1e6:.2f} MB at {rate / 1e6} MB/s, waited {m['sluice_compaction_throttled_ms_total']:.0f} ms")
+    assert m["sluice_compaction_throttled_ms_total"] >= 0.5 * 1000 * moved / rate, m
+
+
 def latest_by_key(records, deliveries):
     """{key: (offset, value)} of the last record of each key."""
     out = {}

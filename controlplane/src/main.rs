@@ -107,6 +107,10 @@ struct Args {
     /// default: half the cores).
     #[arg(long, env = "SLUICE_COMPACTION_THREADS", value_parser = clap::value_parser!(u64).range(1..))]
     compaction_threads: Option<u64>,
+    /// Most bytes per second compaction reads from and writes to the object store, all its
+    /// threads together (as Kafka's log.cleaner.io.max.bytes.per.second); 0: no limit.
+    #[arg(long, env = "SLUICE_COMPACTION_IO_BYTES_PER_SEC", default_value_t = 0)]
+    compaction_io_bytes_per_sec: u64,
     /// An object in the object store that no index entry, table or compaction refers to (a put
     /// whose commit never came) becomes garbage once this old, in milliseconds.
     #[arg(long, env = "SLUICE_ORPHAN_GRACE_MS", default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -285,6 +289,7 @@ async fn start_compaction<M: meta::MetaStore + Clone + 'static>(
         row_group_bytes: args.compaction_row_group_bytes,
         interval: Duration::from_millis(args.compaction_interval_ms),
         orphan_grace: Duration::from_millis(args.orphan_grace_ms),
+        io_limit: (args.compaction_io_bytes_per_sec > 0).then(|| Arc::new(lake::compact::Throttle::new(args.compaction_io_bytes_per_sec))),
     };
     let stats = ctl.shared.compaction.clone();
     rt.spawn(lake::compact::run(ctl.clone(), Arc::new(lake), policy, stats));

@@ -57,6 +57,7 @@ async fn render<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
         ("sluice_compaction_write_ms", "Milliseconds compaction spent writing files (read, decode, encode, upload).", &c.write_ms),
         ("sluice_compaction_undecodable_chunks", "WAL chunks compaction could not decode (they stay WAL).", &c.undecodable_chunks),
         ("sluice_compaction_failures", "Compaction passes or topics that stopped on an error.", &c.failures),
+        ("sluice_compaction_throttled_ms", "Milliseconds compaction waited for --compaction-io-bytes-per-sec.", &c.throttled_ms),
         ("sluice_orphans_swept", "Objects written but never committed that the orphan sweep made garbage.", &c.orphans),
         (
             "sluice_table_metadata_files_deleted",

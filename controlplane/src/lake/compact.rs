@@ -68,6 +68,47 @@ pub struct Policy {
     pub interval: Duration,
     /// Objects no index or table refers to become garbage once this old (see [`super::sweep`]).
     pub orphan_grace: Duration,
+    /// The pace of compaction's object-store reads and writes, shared by its tasks (None:
+    /// as fast as they go).
+    pub io_limit: Option<Arc<Throttle>>,
+}
+
+/// Paces compaction's object-store I/O to a byte rate, as Kafka's
+/// `log.cleaner.io.max.bytes.per.second` paces its cleaner: each read or write of n bytes moves
+/// a schedule n/rate on, and the next one waits while the schedule is ahead of the clock.
+#[derive(Debug)]
+pub struct Throttle {
+    bytes_per_sec: u64,
+    due: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Throttle {
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Throttle { bytes_per_sec: bytes_per_sec.max(1), due: std::sync::Mutex::new(tokio::time::Instant::now()) }
+    }
+
+    /// Waits for the turn of an I/O of `bytes`.
+    async fn take(&self, bytes: u64, stats: &Stats) {
+        let wait = {
+            let mut due = self.due.lock().expect("poisoned");
+            let now = tokio::time::Instant::now();
+            let start = (*due).max(now);
+            *due = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            start - now
+        };
+        if !wait.is_zero() {
+            stats.throttled_ms.fetch_add(wait.as_millis() as u64, Relaxed);
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl Policy {
+    async fn pace(&self, bytes: u64, stats: &Stats) {
+        if let Some(t) = &self.io_limit {
+            t.take(bytes, stats).await;
+        }
+    }
 }
 
 /// What compaction did, for `/metrics`.
@@ -87,6 +128,8 @@ pub struct Stats {
     pub orphans: AtomicU64,
     /// Iceberg metadata files no table reaches any more, deleted by the sweep.
     pub metadata_files_deleted: AtomicU64,
+    /// Milliseconds compaction waited for its I/O limit.
+    pub throttled_ms: AtomicU64,
 }
 
 /// One row group of a file, as its index entry will name it.
@@ -598,7 +641,9 @@ async fn write_file(
         if e.format == ENTRY_PARQUET {
             let url = lake.locate(&e.object_key).0;
             if file.as_ref().is_none_or(|f| f.0 != url) {
-                let data = lake.file_io.new_input(&url)?.read().await?;
+                let input = lake.file_io.new_input(&url)?;
+                policy.pace(input.metadata().await?.size, stats).await;
+                let data = input.read().await?;
                 let meta = ArrowReaderMetadata::load(&data, Default::default()).map_err(|e| parquet_err(&url, e))?;
                 let kv = meta.metadata().file_metadata().key_value_metadata();
                 let marks = kv.and_then(|kv| kv.iter().find(|m| m.key == TOMBSTONES_KEY)).and_then(|m| m.value.as_deref());
@@ -626,6 +671,7 @@ async fn write_file(
             continue;
         }
         let (url, at) = lake.locate(&e.object_key);
+        policy.pace(u64::from(e.length), stats).await;
         let data = lake.file_io.new_input(&url)?.reader().await?.read(at + e.position..at + e.position + u64::from(e.length)).await?;
         let info = wal_format::object::ChunkInfo { stream_id: stream, position: e.position, length: e.length, crc: e.crc };
         let decoded =
@@ -680,6 +726,8 @@ async fn write_file(
     let df = written.remove(0);
     let url = df.file_path().to_string();
     let size = df.file_size_in_bytes();
+    // Paced after the fact: the writer uploads as it goes, so the next I/O waits for this one.
+    policy.pace(size, stats).await;
     let Some(object_key) = lake.key_of(&url) else {
         return Err(Error::Other(format!("table file {url} is outside the object store")));
     };
