@@ -9,7 +9,9 @@
 # `local`: local directory + redb. `s3`: s3s-fs + etcd (both started here, data in a temp dir).
 # Environment: MINUTES (15), RATE (2000 records/s of 1 KiB), RETENTION_MS (60000), CORES (2),
 # BIN (~/.cache/sluice-target/release), PORT_BASE (39000: seven ports from it),
-# VENV (~/.cache/sluice-venv/.venv, for the admin client that creates the topic).
+# VENV (~/.cache/sluice-venv/.venv, for the admin client that creates the topic); the control
+# plane's SLUICE_* variables pass through (SLUICE_COMPACTION_MAX_AGE_MS=20000 makes compaction
+# turn the WAL into the topic's table before retention lets it go).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BACKEND="${1:?usage: scripts/soak-retention.sh local|s3 [OUT_DIR]}"
@@ -92,7 +94,7 @@ meta_keys() {
             sed 's/.*"count":\([0-9]*\).*/\1/'
     fi
 }
-printf "seconds\tproduced_MB\tobject_MB\tallocated_MB\tobject_files\tmeta_keys\tmeta_store_MB\tlog_start_moves\tobjects_released\tobjects_deleted\n" |
+printf "seconds\tproduced_MB\tobject_MB\tallocated_MB\tobject_files\tmeta_keys\tmeta_store_MB\tlog_start_moves\tobjects_released\tobjects_deleted\ttable_files\ttable_MB\tcompacted_files\n" |
     tee "$OUT/soak.tsv"
 start=$(date +%s)
 while kill -0 "$bench" 2>/dev/null; do
@@ -103,10 +105,13 @@ while kill -0 "$bench" 2>/dev/null; do
     bytes=$({ du -sb "$OBJECTS" 2>/dev/null || true; } | cut -f1)
     allocated=$({ du -s -B1 "$OBJECTS" 2>/dev/null || true; } | cut -f1)
     files=$({ find "$OBJECTS" -type f 2>/dev/null || true; } | wc -l)
-    printf "%d\t%.0f\t%.1f\t%.1f\t%d\t%s\t%.1f\t%s\t%s\t%s\n" "$t" "$((produced / 1000000))" "$(echo "$bytes / 1000000" | bc -l)" \
+    # The topic's table: its Parquet files and Iceberg metadata, under tables/.
+    table=$({ find "$OBJECTS" -path '*/tables/*' -type f -printf '%s\n' 2>/dev/null || true; } | awk '{ n++; s += $1 } END { printf "%d\t%.1f", n, s / 1e6 }')
+    printf "%d\t%.0f\t%.1f\t%.1f\t%d\t%s\t%.1f\t%s\t%s\t%s\t%s\t%s\n" "$t" "$((produced / 1000000))" "$(echo "$bytes / 1000000" | bc -l)" \
         "$(echo "$allocated / 1000000" | bc -l)" "$files" "$(meta_keys)" "$(echo "$(meta_size) / 1000000" | bc -l)" \
         "$(metric "$CMPORT" sluice_log_start_moves_total)" "$(metric "$CMPORT" sluice_wal_objects_released_total)" \
-        "$(metric "$CMPORT" sluice_wal_objects_deleted_total)" | tee -a "$OUT/soak.tsv"
+        "$(metric "$CMPORT" sluice_wal_objects_deleted_total)" "$table" "$(metric "$CMPORT" sluice_compaction_files_total)" |
+        tee -a "$OUT/soak.tsv"
 done
 wait "$bench"
 echo "samples in $OUT/soak.tsv, bench report in $OUT" >&2

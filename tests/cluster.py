@@ -33,10 +33,20 @@ def binary(name):
     return str(path)
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now and that this process has not handed out before:
+    the kernel can give the same free port to two binds in a row (a cluster once got its RPC and
+    Kafka ports equal), so the ports already given to a test's processes are skipped."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def wait_until(predicate, timeout, interval=0.05, what="condition"):
