@@ -9,7 +9,7 @@ import threading
 
 import duckdb
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry
 from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
@@ -339,6 +339,37 @@ def test_key_compaction_keeps_the_latest_record_of_each_key_and_tombstones_go(sl
     got = read_all(sluice, topic)
     assert [(m.key, m.offset, m.value) for m in got] == sorted(want, key=lambda w: w[1])
     assert got[-1].offset == 219
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4"])
+def test_a_compacted_topic_refuses_records_without_a_key(sluice, codec):
+    """As Kafka: a record without a key cannot go to a key-compacted topic (INVALID_RECORD, the
+    whole batch refused), compressed or not; a topic made compacted at runtime refuses them from
+    then on."""
+    compacted, plain = unique("keys-only"), unique("keys-later")
+    create_topic(sluice.bootstrap, compacted, 1, config={"cleanup.policy": "compact"})
+    create_topic(sluice.bootstrap, plain, 1)
+    p = producer(sluice.bootstrap, **{"compression.type": codec, "linger.ms": 0})
+
+    def send(topic, key):
+        out = []
+        p.produce(topic, key=key, value=b"value", partition=0, on_delivery=lambda err, msg: out.append(err))
+        assert p.flush(30) == 0
+        return out[0]
+
+    assert send(compacted, b"k") is None
+    err = send(compacted, None)
+    assert err is not None and err.code() == KafkaError.INVALID_RECORD, err
+    assert send(plain, None) is None
+    client = AdminClient({"bootstrap.servers": sluice.bootstrap})
+    incremental(client, plain, ConfigEntry("cleanup.policy", "compact,delete",
+                                           incremental_operation=AlterConfigOpType.SET)).result(30)
+    err = send(plain, None)
+    assert err is not None and err.code() == KafkaError.INVALID_RECORD, err
+    assert send(plain, b"k") is None
+    # Only the accepted records are there.
+    assert [(m.offset, m.key) for m in read_all(sluice, compacted)] == [(0, b"k")]
+    assert [(m.offset, m.key) for m in read_all(sluice, plain)] == [(0, None), (1, b"k")]
 
 
 def put_object(sluice, key, data):

@@ -222,8 +222,36 @@ pub fn record_positions(batch: &[u8]) -> Result<Vec<RecordPos>> {
     // record_count comes off the wire: every record takes at least one byte of the body, so the
     // body bounds the allocation where the count alone could ask for gigabytes.
     let mut out = Vec::with_capacity((h.record_count.max(0) as usize).min(body.len()));
+    for_each_record(body, h.record_count, |rec, mut p| {
+        let (ts_delta, n) = varint(rec, p)?;
+        p += n;
+        let (off_delta, _) = varint(rec, p)?;
+        out.push(RecordPos { offset_delta: off_delta as i32, timestamp: h.base_timestamp.wrapping_add(ts_delta) });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Whether a record of `records` (a batch's records section, uncompressed: see [`records`])
+/// has a null key. Kafka refuses such a record on a key-compacted topic.
+pub fn has_null_key(records: &[u8], record_count: i32) -> Result<bool> {
+    let mut null = false;
+    for_each_record(records, record_count, |rec, mut p| {
+        for _ in 0..2 {
+            // timestamp delta, offset delta
+            p += varint(rec, p)?.1;
+        }
+        null |= varint(rec, p)?.0 < 0;
+        Ok(())
+    })?;
+    Ok(null)
+}
+
+/// Calls `f(record, at)` for each of the `count` records of an uncompressed records section:
+/// `record` ends where the record does, and `at` is where its fields start after `attributes`.
+fn for_each_record(body: &[u8], count: i32, mut f: impl FnMut(&[u8], usize) -> Result<()>) -> Result<()> {
     let mut at = 0usize;
-    for _ in 0..h.record_count {
+    for _ in 0..count {
         let (len, n) = varint(body, at)?;
         let start = at + n;
         if len < 0 {
@@ -234,15 +262,29 @@ pub fn record_positions(batch: &[u8]) -> Result<Vec<RecordPos>> {
             needed: len as usize,
             have: body.len() - start,
         })?;
-        let rec = &body[..end];
-        let mut p = start + 1; // attributes
-        let (ts_delta, n) = varint(rec, p)?;
-        p += n;
-        let (off_delta, _) = varint(rec, p)?;
-        out.push(RecordPos { offset_delta: off_delta as i32, timestamp: h.base_timestamp.wrapping_add(ts_delta) });
+        f(&body[..end], start + 1)?;
         at = end;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The records section of a whole batch, decompressed (a copy when it was not compressed).
+#[cfg(feature = "codecs")]
+pub fn records(batch: &[u8]) -> Result<bytes::Bytes> {
+    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+    let h = parse_header(batch)?;
+    need(batch, 0, h.size())?;
+    let mut body = bytes::Bytes::copy_from_slice(&batch[HEADER_LEN..h.size()]);
+    let whole = |b: &mut bytes::Bytes| Ok(b.clone());
+    let out = match h.compression() {
+        Some(Compression::None) => Ok(body),
+        Some(Compression::Gzip) => Gzip::decompress(&mut body, whole),
+        Some(Compression::Snappy) => Snappy::decompress(&mut body, whole),
+        Some(Compression::Lz4) => Lz4::decompress(&mut body, whole),
+        Some(Compression::Zstd) => Zstd::decompress(&mut body, whole),
+        None => return Err(Error::Unsupported { what: "compression codec", value: (h.attributes & 7).into() }),
+    };
+    out.map_err(|_| Error::Invalid { what: "compressed records of codec", value: (h.attributes & 7).into() })
 }
 
 /// Decodes a zig-zag varint (Kafka's `varint`/`varlong`) at `at`; returns value and length.

@@ -35,7 +35,7 @@ pub fn decode_chunk(data: &[u8], base: i64, appended_ms: i64, out: &mut Vec<Row>
         wal_format::batch::verify(batch).map_err(|e| format!("batch at offset {offset}: {e}"))?;
         if !h.is_control() {
             let log_append = h.is_log_append_time();
-            let body = records_of(batch, &h).map_err(|e| format!("batch at offset {offset}: {e}"))?;
+            let body = wal_format::batch::records(batch).map_err(|e| format!("batch at offset {offset}: {e}"))?;
             let mut at = 0usize;
             for _ in 0..h.record_count.max(0) {
                 let mut r = Cursor { buf: &body, at };
@@ -69,26 +69,6 @@ pub fn decode_chunk(data: &[u8], base: i64, appended_ms: i64, out: &mut Vec<Row>
     }
     out.append(&mut rows);
     Ok(())
-}
-
-/// Where a v2 batch's records start.
-const RECORDS: usize = 61;
-
-/// The records of a batch, decompressed (Kafka's codecs, through kafka-protocol's).
-fn records_of(batch: &[u8], h: &wal_format::batch::BatchHeader) -> Result<Bytes, String> {
-    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
-    use wal_format::batch::Compression as C;
-    let mut body = Bytes::copy_from_slice(&batch[RECORDS..]);
-    let whole = |b: &mut Bytes| Ok(b.clone());
-    let out = match h.compression() {
-        Some(C::None) => Ok(body),
-        Some(C::Gzip) => Gzip::decompress(&mut body, whole),
-        Some(C::Snappy) => Snappy::decompress(&mut body, whole),
-        Some(C::Lz4) => Lz4::decompress(&mut body, whole),
-        Some(C::Zstd) => Zstd::decompress(&mut body, whole),
-        None => return Err(format!("unknown codec {}", h.attributes & 7)),
-    };
-    out.map_err(|e| e.to_string())
 }
 
 /// Reads a v2 record's fields.

@@ -1,5 +1,6 @@
 //! Produce: validate each partition's record batches (header, CRC32C, size) without decoding
-//! their records, hand them to the partition's owner shard, and answer once every partition's
+//! their records (except on key-compacted topics, whose records must all have keys, as Kafka
+//! checks), hand them to the partition's owner shard, and answer once every partition's
 //! batches are durable and committed. acks=0 gets no response, as in Kafka.
 
 use super::metadata::{resolve, resolve_id};
@@ -16,7 +17,8 @@ use std::rc::Rc;
 use wal_format::batch;
 
 /// Checks a partition's records and describes them for the owner, or gives the Kafka error.
-pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<AppendReq, Error> {
+/// `keyed`: the topic is key-compacted, so a record without a key is refused (INVALID_RECORD).
+pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize, keyed: bool) -> Result<AppendReq, Error> {
     if data.is_empty() {
         return Err(Error::CorruptBatch);
     }
@@ -41,6 +43,13 @@ pub fn validate(stream: u64, data: Bytes, max_message_bytes: usize) -> Result<Ap
         }
         if h.is_control() || h.is_transactional() || h.compression().is_none() || h.record_count <= 0 {
             return Err(Error::InvalidRecord);
+        }
+        if keyed {
+            let batch = &data[pos..pos + h.size()];
+            let records = batch::records(batch).map_err(|_| Error::CorruptBatch)?;
+            if batch::has_null_key(&records, h.record_count).map_err(|_| Error::CorruptBatch)? {
+                return Err(Error::InvalidRecord);
+            }
         }
         batches.push((pos as u32, h.offset_count()));
         offset_count += h.offset_count();
@@ -95,7 +104,8 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16, mut tu
                 .and_then(|v| v.parse::<i64>().ok())
                 .unwrap_or(i64::from(shard.cfg.max_message_bytes))
                 .max(0) as usize;
-            match validate(stream, p.records.unwrap_or_default(), max) {
+            let keyed = topic.config("cleanup.policy").is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"));
+            match validate(stream, p.records.unwrap_or_default(), max, keyed) {
                 Ok(a) => {
                     appends.push((slot, shard.owner(&topic.topic_id, p.index), a));
                     parts.push(partition(p.index, 0));

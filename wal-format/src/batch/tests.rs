@@ -753,3 +753,75 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// has_null_key, records
+// ---------------------------------------------------------------------------------------------
+
+fn keyed(keys: &[Option<&[u8]>]) -> Spec {
+    let records = keys.iter().map(|k| Rec { key: k.map(<[u8]>::to_vec), ..Rec::value(0, b"v") }).collect();
+    Spec { records, ..Spec::default() }
+}
+
+fn null_key(b: &[u8]) -> Result<bool> {
+    let h = parse_header(b)?;
+    has_null_key(&b[HEADER_LEN..h.size()], h.record_count)
+}
+
+#[test]
+fn has_null_key_finds_a_record_without_a_key() {
+    assert_eq!(null_key(&build(&keyed(&[Some(b"a"), Some(b""), Some(b"c")]))), Ok(false), "an empty key is a key");
+    assert_eq!(null_key(&build(&keyed(&[Some(b"a"), None, Some(b"c")]))), Ok(true));
+    assert_eq!(null_key(&build(&keyed(&[None]))), Ok(true));
+    assert_eq!(null_key(&build(&keyed(&[]))), Ok(false));
+    // The real Kafka batches: their records have null keys.
+    assert_eq!(null_key(&KAFKA_BATCH_2), Ok(true));
+}
+
+#[test]
+fn has_null_key_rejects_a_record_count_beyond_the_records() {
+    let mut b = build(&keyed(&[Some(b"a")]));
+    b[57..61].copy_from_slice(&2i32.to_be_bytes());
+    assert!(matches!(null_key(&b), Err(Error::Truncated { .. })));
+}
+
+#[cfg(feature = "codecs")]
+#[test]
+fn records_decompresses_every_codec() {
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
+    let plain = build(&keyed(&[Some(b"k1"), None, Some(b"k3")]));
+    let body = plain[HEADER_LEN..].to_vec();
+    assert_eq!(records(&plain).unwrap(), body);
+    /// Compresses `b` into `out` with the codec of attribute bits `bits`.
+    fn compress(bits: i16, out: &mut BytesMut, b: &[u8]) {
+        let put = |w: &mut BytesMut| {
+            w.put_slice(b);
+            Ok(())
+        };
+        match bits {
+            1 => Gzip::compress(out, put),
+            2 => Snappy::compress(out, put),
+            3 => Lz4::compress(out, put),
+            _ => Zstd::compress(out, put),
+        }
+        .unwrap()
+    }
+    for bits in 1..=4i16 {
+        let mut packed = BytesMut::new();
+        compress(bits, &mut packed, &body);
+        let mut b = plain[..HEADER_LEN].to_vec();
+        b[21..23].copy_from_slice(&bits.to_be_bytes());
+        b.extend_from_slice(&packed);
+        fix_length(&mut b);
+        reseal(&mut b);
+        let got = records(&b).unwrap();
+        assert_eq!(got, body, "codec {bits}");
+        assert_eq!(has_null_key(&got, 3), Ok(true));
+        // Bytes that are not what the codec says: an error, not a panic.
+        let mut bad = b.clone();
+        let n = bad.len();
+        bad[HEADER_LEN..n].iter_mut().for_each(|x| *x ^= 0x5a);
+        assert!(records(&bad).is_err(), "codec {bits}");
+    }
+}
