@@ -246,6 +246,19 @@ def test_rows_past_retention_leave_the_table_and_their_files_go(sluice_factory, 
     got = consume_range(sluice.bootstrap, follow, {0: 1500}, start_offsets={0: 1000})[0]
     assert [m.offset for m in got] == list(range(1000, 1500))
 
+    # A second removal: the manifests that only recorded the first one's deletions leave the
+    # table's manifest list (only the current snapshot's own deletions are listed).
+    produce_records(sluice.bootstrap, follow, make_records(500, 1, f"{follow}-3"))
+    wait_for_table(sluice, follow, 1000)
+    assert delete_records(client, follow, {0: 1500})[0].low_watermark == 1500
+    wait_until(lambda: min(table_rows(sluice, follow).column("offset").to_pylist()) == 1500, 60, interval=0.3,
+               what="rows below 1500 gone from the table")
+    table = catalog(sluice).load_table(("sluice", follow))
+    current = table.current_snapshot()
+    deletions_only = [m for m in current.manifests(table.io) if m.added_files_count == 0 and m.existing_files_count == 0]
+    assert deletions_only and all(m.added_snapshot_id == current.snapshot_id for m in deletions_only), \
+        [(m.manifest_path, m.added_snapshot_id) for m in deletions_only]
+
 
 @pytest.mark.each_backend
 def test_compaction_io_is_paced_to_its_limit(sluice_factory):

@@ -161,6 +161,12 @@ pub(super) async fn commit_change(
     let schema = meta.current_schema().clone();
     let (mut manifests, mut removed, mut removed_rows) = (Vec::new(), 0u64, 0u64);
     for mf in &existing {
+        // A manifest holding only the entries of files an earlier commit removed says nothing
+        // about this snapshot: left out, as Iceberg's own writers leave them out (otherwise every
+        // removal would leave one in the table's manifest list for good).
+        if mf.added_files_count == Some(0) && mf.existing_files_count == Some(0) {
+            continue;
+        }
         let manifest = mf.load_manifest(io).await?;
         if !manifest.entries().iter().any(|e| e.is_alive() && urls.contains(e.file_path())) {
             manifests.push(mf.clone());
