@@ -204,10 +204,10 @@ class EtcdServer(ServerProcess):
 
 
 class RestCatalogServer(ServerProcess):
-    """A real Apache Iceberg REST catalog (Rustberg, installed by scripts/rest-catalog.sh) on a
-    free loopback port, its own records in a redb file under data_dir, answering only requests
-    with its bearer token; the tables' files are in the warehouse (a directory, or the S3
-    server's bucket), which it writes each commit's metadata file to."""
+    """A real Apache Iceberg REST catalog (Rustberg), started by scripts/rest-catalog.sh as a
+    user starts one, on a free loopback port, its own records under data_dir, answering only
+    requests with its bearer token; the tables' files are in the warehouse (a directory, or the
+    S3 server's bucket), which it writes each commit's metadata file to."""
 
     TOKEN = "rb_sluice-test-token-0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -224,40 +224,21 @@ class RestCatalogServer(ServerProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self):
-        exe = TOOLS_DIR / "bin" / "rustberg"
-        if not exe.exists():
-            pytest.fail(f"{exe} not found: run scripts/rest-catalog.sh --install", pytrace=False)
+        if not (TOOLS_DIR / "bin" / "rustberg").exists():
+            pytest.fail(f"{TOOLS_DIR / 'bin' / 'rustberg'} not found: run scripts/rest-catalog.sh --install", pytrace=False)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = self.data_dir / "rustberg.toml"
-        config.write_text(rest_catalog_config(self.port, self.data_dir / "catalog", self.warehouse,
-                                              self.s3.endpoint if self.s3 else None))
-        env = {"RUSTBERG_SLUICE_KEY": self.TOKEN}
+        env = {"SLUICE_CATALOG_TOKEN": self.TOKEN, "RUSTBERG_DATA": str(self.data_dir)}
         if self.s3 is not None:
             env.update(self.s3.env())
-        return self.launch([exe, "--config", config, "--insecure-http"], self.port, env)
+            env["SLUICE_S3_ENDPOINT"] = self.s3.endpoint
+        script = Path(__file__).resolve().parent.parent / "scripts" / "rest-catalog.sh"
+        return self.launch(["bash", script, self.warehouse, self.port], self.port, env)
 
     def restart(self):
         """kill -9, then start again on the same port and records."""
         self.proc.kill()
         self.proc.wait(timeout=10)
         return self.start()
-
-
-def rest_catalog_config(port, catalog_dir, warehouse, s3_endpoint=None):
-    """Rustberg's configuration (the same as scripts/rest-catalog.sh writes): one admin key
-    (its secret in RUSTBERG_SLUICE_KEY), plain HTTP on loopback, table locations anywhere in the
-    warehouse (Sluice names a table's directory by its topic id), S3 credentials from the
-    environment."""
-    lines = ["[server]", 'host = "127.0.0.1"', f"port = {port}", "[server.auth]", "api_key_enabled = true",
-             "[[server.auth.api_keys]]", 'name = "sluice"', 'tenant = "default"', 'roles = ["admin"]',
-             'key_env = "RUSTBERG_SLUICE_KEY"', "[tls]", "enabled = false", "insecure_http = true", "[storage]",
-             f'catalog_url = "file://{catalog_dir}"', f'warehouse_location = "{warehouse}"',
-             'location_scope = "warehouse"', "[rate_limit]", "enabled = false"]
-    if s3_endpoint:
-        lines += ["[storage.properties]", f'"s3.endpoint" = "{s3_endpoint}"', '"s3.path-style-access" = "true"',
-                  '"s3.region" = "us-east-1"', '"s3.access-key-id" = "env:AWS_ACCESS_KEY_ID"',
-                  '"s3.secret-access-key" = "env:AWS_SECRET_ACCESS_KEY"']
-    return "\n".join(lines) + "\n"
 
 
 class Sluice:

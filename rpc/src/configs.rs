@@ -251,6 +251,12 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
     .ok_or_else(bad)
 }
 
+/// Whether a topic's `cleanup.policy` (its configured value; None: Kafka's default, `delete`)
+/// includes `policy` (`delete` or `compact`).
+pub fn cleanup_policy_includes(configured: Option<&str>, policy: &str) -> bool {
+    configured.unwrap_or("delete").split(',').any(|p| p.trim() == policy)
+}
+
 /// A valid Kafka topic name: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name == "." || name == ".." {

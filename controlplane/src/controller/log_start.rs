@@ -120,8 +120,7 @@ fn config_i64(topic: &Topic, name: &str) -> i64 {
 
 /// Whether a topic's records are deleted by age and size (`cleanup.policy` includes `delete`).
 fn deletes(topic: &Topic) -> bool {
-    let policy = topic.configs.get("cleanup.policy").map(String::as_str).unwrap_or("delete");
-    policy.split(',').any(|p| p.trim() == "delete")
+    sluice_rpc::configs::cleanup_policy_includes(topic.configs.get("cleanup.policy").map(String::as_str), "delete")
 }
 
 /// Every `every`, moves each stream's log start past the records its topic's `retention.ms`

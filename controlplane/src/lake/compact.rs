@@ -369,8 +369,7 @@ async fn compacted<M: MetaStore>(shared: &Shared<M>, stream: u64, log_start: i64
 /// `delete.retention.ms` of a topic whose `cleanup.policy` includes `compact`; None for a topic
 /// that is not key-compacted.
 fn key_compaction(topic: &Topic) -> Option<i64> {
-    let policy = topic.configs.get("cleanup.policy").map(String::as_str).unwrap_or("delete");
-    if !policy.split(',').any(|p| p.trim() == "compact") {
+    if !sluice_rpc::configs::cleanup_policy_includes(topic.configs.get("cleanup.policy").map(String::as_str), "compact") {
         return None;
     }
     Some(topic.configs.get("delete.retention.ms").and_then(|v| v.parse().ok()).unwrap_or(86_400_000))
@@ -641,9 +640,9 @@ async fn write_file(
         if e.format == ENTRY_PARQUET {
             let url = lake.locate(&e.object_key).0;
             if file.as_ref().is_none_or(|f| f.0 != url) {
-                let input = lake.file_io.new_input(&url)?;
-                policy.pace(input.metadata().await?.size, stats).await;
-                let data = input.read().await?;
+                let data = lake.file_io.new_input(&url)?.read().await?;
+                // Paced after the fact, as the writes are: the size is known once it is read.
+                policy.pace(data.len() as u64, stats).await;
                 let meta = ArrowReaderMetadata::load(&data, Default::default()).map_err(|e| parquet_err(&url, e))?;
                 let kv = meta.metadata().file_metadata().key_value_metadata();
                 let marks = kv.and_then(|kv| kv.iter().find(|m| m.key == TOMBSTONES_KEY)).and_then(|m| m.value.as_deref());
@@ -726,7 +725,7 @@ async fn write_file(
     let df = written.remove(0);
     let url = df.file_path().to_string();
     let size = df.file_size_in_bytes();
-    // Paced after the fact: the writer uploads as it goes, so the next I/O waits for this one.
+    // Paced after the fact (the writer uploads as it goes): the next I/O waits for this one.
     policy.pace(size, stats).await;
     let Some(object_key) = lake.key_of(&url) else {
         return Err(Error::Other(format!("table file {url} is outside the object store")));

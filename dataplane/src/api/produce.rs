@@ -104,7 +104,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16, mut tu
                 .and_then(|v| v.parse::<i64>().ok())
                 .unwrap_or(i64::from(shard.cfg.max_message_bytes))
                 .max(0) as usize;
-            let keyed = topic.config("cleanup.policy").is_some_and(|p| p.split(',').any(|p| p.trim() == "compact"));
+            let keyed = sluice_rpc::configs::cleanup_policy_includes(topic.config("cleanup.policy"), "compact");
             match validate(stream, p.records.unwrap_or_default(), max, keyed) {
                 Ok(a) => {
                     appends.push((slot, shard.owner(&topic.topic_id, p.index), a));
