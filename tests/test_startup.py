@@ -10,7 +10,7 @@ import pytest
 
 import kafka_wire as kw
 from cluster import CONTROLPLANE, DATAPLANE, RestCatalogServer, binary, free_port
-from helpers import HealthProbe
+from helpers import HealthProbe, Rec, consume_range, create_topic, now_ms, produce_records, unique
 
 ROLES = ["controlplane", "dataplane"]
 
@@ -172,3 +172,96 @@ def test_restart_on_same_port_with_clients_connected(sluice, role, sig):
         for conn in conns:
             conn.close()
     probe.check()
+
+
+def toml_file(path, settings):
+    """Writes settings (key -> str, int, float or bool) as a TOML file; returns its path."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    path.write_text("".join(f"{k} = {value(v)}\n" for k, v in settings.items()))
+    return path
+
+
+def test_started_from_config_files(sluice_factory, tmp_path):
+    """Both processes started with nothing but --config FILE (ports, data dirs, the control
+    plane's address, all in the files, kebab and snake keys, every kind of value) serve a Kafka
+    client."""
+    cluster = sluice_factory(start=False)
+    cp_config = toml_file(tmp_path / "controlplane.toml", {
+        "data-dir": cluster.cp_dir,
+        "rpc_listen": cluster.rpc_addr,
+        "object-store": cluster.store_root,
+        "gc-interval-ms": 5000,
+        "log": "info",
+    })
+    dp_config = toml_file(tmp_path / "dataplane.toml", {
+        "data_dir": cluster.dp_dir,
+        "controlplane": cluster.rpc_addr,
+        "listen": cluster.bootstrap,
+        "cores": 1,
+        "wal-flush-interval-ms": 2,
+        "s3-hedge-percentile": 90.0,
+        "auto_create_topics": False,
+    })
+    cluster.controlplane_cmd = lambda: [binary(CONTROLPLANE), "--config", str(cp_config)]
+    cluster.dataplane_cmd = lambda: [binary(DATAPLANE), f"--config={dp_config}"]
+    cluster.start()
+
+    topic = unique("config-file")
+    create_topic(cluster.bootstrap, topic)
+    record = Rec(0, b"k", b"from a config file", [], now_ms())
+    assert produce_records(cluster.bootstrap, topic, [record]) == [(0, 0)]
+    got = consume_range(cluster.bootstrap, topic, {0: 1})[0]
+    assert [(g.offset, g.key, g.value) for g in got] == [(0, b"k", b"from a config file")]
+    # The file's auto-create-topics = false took effect: Metadata for a new name creates nothing.
+    name = unique("not-created")
+    with kw.KafkaConnection(cluster.bootstrap) as conn:
+        md = kw.metadata_v1(conn, topics=[name])
+    assert md["topics"][name]["error_code"] == kw.UNKNOWN_TOPIC_OR_PARTITION, md
+
+
+# Config files each process refuses: (file contents, what the error line names), per role.
+BAD_CONFIG_FILES = {
+    "unknown-key": {role: ('log = "info"\nno-such-flag = 1\n', 'unknown key "no-such-flag"') for role in ROLES},
+    "array-value": {role: ('log = "info"\ndata-dir = ["a", "b"]\n', 'key "data-dir": expected a string') for role in ROLES},
+    "bad-toml": {role: ('log = info\n', "invalid TOML at line 1, column 7") for role in ROLES},
+    "bad-value": {"controlplane": ("gc-interval-ms = 0\n", 'key "gc-interval-ms": invalid value \'0\''),
+                  "dataplane": ('cores = "many"\n', 'key "cores": invalid value \'many\'')},
+}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("case", list(BAD_CONFIG_FILES))
+@pytest.mark.parametrize("given_by", ["flag", "env"])
+def test_bad_config_file(tmp_path, role, case, given_by):
+    """A config file the process cannot use: one line on stderr naming the file and the key, exit
+    code 2, whether the file comes from --config or SLUICE_CONFIG."""
+    contents, mention = BAD_CONFIG_FILES[case][role]
+    path = tmp_path / "bad.toml"
+    path.write_text(contents)
+    cmd = [binary(CONTROLPLANE if role == "controlplane" else DATAPLANE)]
+    env = clean_env()
+    if given_by == "flag":
+        cmd += ["--config", str(path)]
+    else:
+        env["SLUICE_CONFIG"] = str(path)
+    proc = subprocess.run(cmd, capture_output=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+    line = assert_one_line_error(proc, mention)
+    assert proc.returncode == 2, f"exit status {proc.returncode}: {line}"
+    assert line.startswith(f"sluice-{role}: error: config {path}: "), line
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_config_file_missing_and_in_help(tmp_path, role):
+    """A config file that is not there is one line; --help documents --config."""
+    bin_path = binary(CONTROLPLANE if role == "controlplane" else DATAPLANE)
+    proc = run_expecting_failure([bin_path, "--config", str(tmp_path / "missing.toml")])
+    assert_one_line_error(proc, "missing.toml", "cannot read")
+    assert proc.returncode == 2
+    help_text = subprocess.run([bin_path, "--help"], capture_output=True, timeout=30, env=clean_env(),
+                               check=True).stdout.decode()
+    assert "--config <FILE>" in help_text and "SLUICE_CONFIG" in help_text, help_text

@@ -25,6 +25,10 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "sluice-controlplane", version, about)]
 struct Args {
+    /// A TOML file that sets any of these flags: keys are the long flag names (`data-dir` or
+    /// `data_dir`). A flag on the command line or in its SLUICE_* variable beats the file.
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Data directory: holds the embedded metadata store (meta.redb).
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -135,18 +139,10 @@ fn main() {
     }
 }
 
-/// Parses flags; a bad flag is one line on stderr (no usage dump), `--help` prints as usual.
+/// Parses flags, and `--config FILE` under them; a bad flag or config file is one line on stderr
+/// (no usage dump), `--help` prints as usual.
 fn parse_args() -> Args {
-    match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("sluice-controlplane: error: {first} (see --help)");
-            std::process::exit(2);
-        }
-    }
+    sluice_rpc::cli::parse("sluice-controlplane")
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {

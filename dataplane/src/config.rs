@@ -12,6 +12,10 @@ use crate::store::s3::S3Options;
 #[derive(Parser, Debug)]
 #[command(name = "sluice-dataplane", version, about)]
 pub struct Args {
+    /// A TOML file that sets any of these flags: keys are the long flag names (`data-dir` or
+    /// `data_dir`). A flag on the command line or in its SLUICE_* variable beats the file.
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Data directory: the local object store lives in DATA_DIR/objects.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

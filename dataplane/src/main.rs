@@ -45,7 +45,6 @@ mod server;
 mod shard;
 mod store;
 
-use clap::Parser;
 use config::{Args, Config};
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
@@ -145,18 +144,10 @@ fn check_store(store: &config::StoreConfig) -> Result<(), String> {
     }
 }
 
-/// Parses flags; a bad flag is one line on stderr (no usage dump), `--help` prints as usual.
+/// Parses flags, and `--config FILE` under them; a bad flag or config file is one line on stderr
+/// (no usage dump), `--help` prints as usual.
 fn parse_args() -> Args {
-    match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("sluice-dataplane: error: {first} (see --help)");
-            std::process::exit(2);
-        }
-    }
+    sluice_rpc::cli::parse("sluice-dataplane")
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod acl;
+pub mod cli;
 pub mod configs;
 pub mod forward;
 
