@@ -273,6 +273,8 @@ class Sluice:
         # A RestCatalogServer holding the topics' tables instead of the SQLite catalog: see
         # use_rest_catalog.
         self.rest_catalog = None
+        # Data planes beyond the first: see add_dataplane.
+        self.dataplanes = []
 
     # ------------------------------------------------------------------ properties
     @property
@@ -313,11 +315,13 @@ class Sluice:
             return ["--object-store", self.store_root, "--s3-endpoint", self.s3.endpoint]
         return ["--object-store", self.store_root]
 
-    def dataplane_cmd(self):
+    def dataplane_cmd(self, listen=None, cores=None, args=None):
+        """The first data plane's command line; another's with its own listen address, cores and
+        flags (the cluster's dataplane_args are the first one's)."""
         store = self.object_store_args() if self.s3 is not None else []
         return [binary(DATAPLANE), "--data-dir", str(self.dp_dir),
-                "--controlplane", ",".join([self.rpc_addr, *self.standby_rpc]), "--listen", self.bootstrap,
-                "--cores", str(self.cores), *store, *self.dataplane_args]
+                "--controlplane", ",".join([self.rpc_addr, *self.standby_rpc]), "--listen", listen or self.bootstrap,
+                "--cores", str(cores or self.cores), *store, *(self.dataplane_args if args is None else args)]
 
     def env(self):
         """The environment of this cluster's processes (with the S3 credentials, on S3, and the
@@ -348,6 +352,10 @@ class Sluice:
                                     env=self.env(), start_new_session=True, preexec_fn=self._default_signals)
         finally:
             log.close()
+
+    def _spawn_extra(self, name, cmd, log_path):
+        self._starts.setdefault(name, 0)
+        return self._spawn(name, cmd, log_path)
 
     def _check_alive(self, proc, role, log_path):
         if proc is not None and proc.poll() is not None:
@@ -424,10 +432,18 @@ class Sluice:
         self.kill_controlplane(sig)
         self.start()
 
+    def add_dataplane(self, zone=None, cores=1, args=(), start=True):
+        """Another data plane of this cluster (same control plane and object store) on its own
+        port, in `zone` when given; started unless start=False. Stopped with the cluster."""
+        dp = DataPlane(self, len(self.dataplanes) + 2, zone, cores, args)
+        self.dataplanes.append(dp)
+        return dp.start() if start else dp
+
     def check_alive(self):
         """Raise if a process that was started has died on its own (reports all that did)."""
         problems = []
-        for proc, role, log in ((self.cp, "controlplane", self.cp_log), (self.dp, "dataplane", self.dp_log)):
+        extra = [(d.proc, d.name, d.log) for d in self.dataplanes]
+        for proc, role, log in ((self.cp, "controlplane", self.cp_log), (self.dp, "dataplane", self.dp_log), *extra):
             try:
                 self._check_alive(proc, role, log)
             except ProcessDied as e:
@@ -436,7 +452,7 @@ class Sluice:
             raise ProcessDied("\n".join(problems))
 
     def stop(self):
-        for proc in (self.dp, self.cp):
+        for proc in (*[d.proc for d in self.dataplanes], self.dp, self.cp):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM)
@@ -451,6 +467,54 @@ class Sluice:
     def log_tails(self):
         tails = (f"--- controlplane log ({self.cp_log}) ---\n{tail(self.cp_log)}\n"
                  f"--- dataplane log ({self.dp_log}) ---\n{tail(self.dp_log)}")
+        for d in self.dataplanes:
+            tails += f"\n--- {d.name} log ({d.log}) ---\n{tail(d.log)}"
         if self.rest_catalog is not None:
             tails += f"\n--- REST catalog log ({self.rest_catalog.log}) ---\n{tail(self.rest_catalog.log)}"
         return tails
+
+
+class DataPlane:
+    """A data plane of a Sluice cluster beyond its first (Sluice.add_dataplane): its own Kafka
+    port, log and flags; the cluster's control plane and object store."""
+
+    def __init__(self, cluster, index, zone, cores, args):
+        self.cluster = cluster
+        self.name = f"dataplane{index}"
+        self.zone = zone
+        self.cores = cores
+        self.args = [str(a) for a in args]
+        self.kafka_port = free_port()
+        self.log = cluster.log_dir / f"{self.name}.log"
+        self.proc = None
+
+    @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.kafka_port}"
+
+    def cmd(self):
+        zone = ["--zone", self.zone] if self.zone else []
+        return self.cluster.dataplane_cmd(listen=self.bootstrap, cores=self.cores, args=[*zone, *self.args])
+
+    def start(self):
+        assert self.proc is None, f"{self.name} already running"
+        self.proc = self.cluster._spawn_extra(self.name, self.cmd(), self.log)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise ProcessDied(f"{self.name} {describe_exit(self.proc.returncode)}; log tail:\n{tail(self.log)}")
+            with kafka_wire.KafkaConnection(self.bootstrap, timeout=2) as conn:
+                return bool(kafka_wire.metadata_v1(conn, topics=[])["brokers"])
+
+        try:
+            wait_until(ready, STARTUP_TIMEOUT, what=f"{self.name} to answer Metadata")
+        except ProcessDied:
+            self.proc = None
+            raise
+        return self
+
+    def kill(self, sig=signal.SIGKILL, timeout=30):
+        """Send sig, wait for the exit and return its status (a deliberate stop)."""
+        code = Sluice._kill(self.proc, sig, timeout)
+        self.proc = None
+        return code

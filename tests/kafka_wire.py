@@ -146,6 +146,28 @@ class Reader:
     def remaining(self):
         return len(self.data) - self.pos
 
+    def uvarint(self):
+        shift = n = 0
+        while True:
+            b = self._take(1)[0]
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return n
+            shift += 7
+
+    def compact_string(self):
+        n = self.uvarint() - 1
+        return None if n < 0 else self._take(n).decode()
+
+    def compact_array(self, item):
+        n = self.uvarint() - 1
+        return None if n < 0 else [item(self) for _ in range(n)]
+
+    def tagged_fields(self):
+        for _ in range(self.uvarint()):
+            self.uvarint()
+            self._take(self.uvarint())
+
 
 # --------------------------------------------------------------------------- CRC-32C
 
@@ -545,3 +567,24 @@ def batch_sizes(records):
         sizes.append(12 + length)
         at += 12 + length
     return sizes
+
+
+DESCRIBE_CLUSTER = 60
+
+
+def describe_cluster_v0(conn):
+    """DescribeCluster v0 (flexible): {"cluster_id", "controller_id", "brokers": [(id, host,
+    port, rack)]}."""
+    r = conn.request(DESCRIBE_CLUSTER, 0, b"\x00" + uvarint(0), flexible=True)
+    r.tagged_fields()  # response header v1
+    r.i32()  # throttle time
+    error = r.i16()
+    assert error == 0, f"DescribeCluster error {error}: {r.compact_string()}"
+    r.compact_string()  # error message
+    cluster_id, controller_id = r.compact_string(), r.i32()
+
+    def broker(b):
+        out = (b.i32(), b.compact_string(), b.i32(), b.compact_string())
+        b.tagged_fields()
+        return out
+    return {"cluster_id": cluster_id, "controller_id": controller_id, "brokers": r.compact_array(broker)}

@@ -75,6 +75,8 @@ pub struct Shared<M> {
     pub gc_grace_ms: std::sync::atomic::AtomicU64,
     /// What compaction into the topics' tables did.
     pub compaction: Arc<crate::lake::compact::Stats>,
+    /// The registered data planes and their traffic.
+    pub dataplanes: crate::cluster::DataPlanes,
 }
 
 /// Default of [`Shared::gc_grace_ms`]: far longer than any read of an object takes.
@@ -189,6 +191,7 @@ impl<M: MetaStore + Clone> Controller<M> {
             objects_deleted: Default::default(),
             gc_grace_ms: (GC_GRACE.as_millis() as u64).into(),
             compaction: Default::default(),
+            dataplanes: Default::default(),
         });
         let (tx, rx) = mpsc::channel(4096);
         let (stopped_tx, stopped) = tokio::sync::watch::channel(());

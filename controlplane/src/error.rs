@@ -30,6 +30,9 @@ pub enum Error {
     /// An RPC the control plane cannot read.
     #[error("{0}")]
     Malformed(String),
+    /// A data plane claimed a node id another running data plane holds.
+    #[error("{0}")]
+    DuplicateNode(String),
     /// A bug: something that cannot happen did.
     #[error("internal: {0}")]
     Internal(&'static str),
@@ -46,6 +49,7 @@ impl Error {
             // Retriable for every group API: the client finds the coordinator again.
             Error::Coordinator(_) => R::CoordinatorNotAvailable,
             Error::Malformed(_) => R::InvalidRequest,
+            Error::DuplicateNode(_) => R::DuplicateBrokerRegistration,
             Error::Internal(_) => R::UnknownServerError,
         }
     }
@@ -72,6 +76,7 @@ mod tests {
             (Error::Coordinator(MetaError::Fenced), 15, true),
             (Error::Coordinator(MetaError::Backend("disk gone".into())), 15, true),
             (Error::Malformed("unknown API key 999".into()), 42, false),
+            (Error::DuplicateNode("node id 2 is taken".into()), 101, false),
             (Error::Internal("cannot encode response"), -1, false),
         ];
         for (e, code, retriable) in table {

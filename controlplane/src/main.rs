@@ -7,6 +7,7 @@
 //! sluice-controlplane --data-dir ./data --rpc-listen 127.0.0.1:9093
 //! ```
 
+mod cluster;
 mod controller;
 mod election;
 mod error;
@@ -44,7 +45,8 @@ struct Args {
     /// listen address). Each control plane sharing a metadata store needs its own.
     #[arg(long, env = "SLUICE_ADVERTISED_RPC")]
     advertised_rpc: Option<String>,
-    /// Address of the Prometheus `/metrics` endpoint (off when not given).
+    /// Address of the HTTP listener (off when not given): Prometheus `/metrics`, and the
+    /// operator's status page at `/` (or `/status`; its data at `/status.json`).
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     metrics_listen: Option<String>,
     /// Smallest session timeout a classic group member may ask for (`group.min.session.timeout.ms`).
@@ -216,6 +218,7 @@ async fn serve<M: meta::MetaStore + Clone>(args: Args, url: String, store: M) ->
     };
     let coordinator = groups::Coordinator::start(ctl.shared.clone(), group_cfg).await.map_err(|e| format!("cannot load groups: {e}"))?;
     ctl.shared.gc_grace_ms.store(args.gc_grace_ms, std::sync::atomic::Ordering::Relaxed);
+    tokio::spawn(cluster::run_refresh(ctl.shared.clone()));
     tokio::spawn(controller::run_trimmer(ctl.clone(), Duration::from_millis(args.gc_interval_ms)));
     tokio::spawn(controller::run_retention(ctl.clone(), Duration::from_millis(args.retention_check_interval_ms)));
     start_compaction(&args, lake_cfg, &ctl).await?;

@@ -8,7 +8,6 @@ use crate::groups::Coordinator;
 use crate::meta::{keys, Cond, MetaStore, Op, SessionId};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError as E;
-use prost::Message;
 use sluice_rpc::body::Body;
 use sluice_rpc::*;
 use std::collections::HashMap;
@@ -82,6 +81,8 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
         }
     });
     let mut session: Option<SessionId> = None;
+    // The data plane this connection registered (its first shard's): node id and instance.
+    let mut node: Option<(i32, u64)> = None;
     let mut lost = ctl.shared.store.lost_sessions();
     let mut order = ConnOrder::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -93,7 +94,13 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
             }
             Ok(None) => {
                 let read = tokio::select! {
-                    n = rd.read_buf(&mut buf) => n?,
+                    // An error ends the loop like EOF does (not `?`, which would skip closing
+                    // the session below: a data plane killed mid-connection, whose socket is
+                    // reset, would stay registered).
+                    n = rd.read_buf(&mut buf) => match n {
+                        Ok(n) => n,
+                        Err(e) => break Err(e.into()),
+                    },
                     s = lost_session(&mut lost, session) => {
                         // Its registration is gone with the session: closing the connection
                         // makes the data plane connect and register again.
@@ -111,8 +118,27 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
         let id = env.request_id;
         match env.body {
             Some(Body::Register(r)) => {
-                let reply = register(&ctl, &groups, r, &mut session).await;
+                let reply = register(&ctl, &groups, r, &mut session, &mut node).await;
                 send(&out_tx, id, reply).await;
+            }
+            Some(Body::Deregister(_)) => {
+                let reply = match node.take() {
+                    Some((n, instance)) => match crate::cluster::release(&ctl.shared, n, instance).await {
+                        Ok(()) => {
+                            tracing::info!(node = n, "data plane left (draining)");
+                            Body::Brokers(ctl.shared.dataplanes.brokers())
+                        }
+                        Err(e) => failed(&e),
+                    },
+                    None => Body::Brokers(ctl.shared.dataplanes.brokers()),
+                };
+                send(&out_tx, id, reply).await;
+            }
+            Some(Body::DataPlaneStats(stats)) => {
+                if let Some((n, instance)) = node {
+                    ctl.shared.dataplanes.report(n, instance, stats);
+                }
+                send(&out_tx, id, Body::Pong(Ping {})).await;
             }
             Some(Body::CommitWal(c)) => {
                 // Queued here, in the order read, not from a spawned task: commits of one shard
@@ -157,6 +183,10 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
     };
     if let Some(s) = session {
         let _ = ctl.shared.store.close_session(s).await;
+        if let Some((n, _)) = node {
+            tracing::info!(node = n, "data plane gone (connection closed)");
+        }
+        let _ = crate::cluster::refresh(&ctl.shared).await;
     }
     drop(out_tx);
     let _ = writer.await;
@@ -231,26 +261,35 @@ async fn register<M: MetaStore + Clone>(
     groups: &Coordinator<M>,
     r: Register,
     session: &mut Option<SessionId>,
+    node: &mut Option<(i32, u64)>,
 ) -> Body {
     if r.protocol_version != PROTOCOL_VERSION {
         return failed(&Error::Malformed(format!("protocol version {} unsupported", r.protocol_version)));
     }
-    let store = &ctl.shared.store;
-    let s = match session {
-        Some(s) => *s,
-        None => match store.open_session().await {
-            Ok(s) => *session.insert(s),
-            Err(e) => return failed(&Error::from(e)),
-        },
+    // A data plane registers once, on its first shard's connection; its other shards only
+    // receive the cluster's state.
+    let node_id = if r.shard == 0 {
+        let store = &ctl.shared.store;
+        let s = match session {
+            Some(s) => *s,
+            None => match store.open_session().await {
+                Ok(s) => *session.insert(s),
+                Err(e) => return failed(&Error::from(e)),
+            },
+        };
+        let id = match crate::cluster::claim(&ctl.shared, &r, s).await {
+            Ok(id) => id,
+            Err(e) => return failed(&e),
+        };
+        *node = Some((id, r.instance));
+        if let Err(e) = crate::cluster::refresh(&ctl.shared).await {
+            return failed(&Error::from(e));
+        }
+        tracing::info!(node = id, host = %r.host, port = r.port, zone = %r.zone, cores = r.cores, "data plane registered");
+        id
+    } else {
+        r.node_id
     };
-    let broker = Broker { node_id: r.node_id, host: r.host.clone(), port: r.port, zone: r.zone.clone() };
-    let op = Op::PutEphemeral(keys::broker(r.node_id), Bytes::from(broker.encode_to_vec()), s);
-    if let Err(e) = store.write(vec![], vec![op]).await {
-        return failed(&Error::from(e));
-    }
-    if r.shard == 0 {
-        tracing::info!(node = r.node_id, host = %r.host, port = r.port, zone = %r.zone, cores = r.cores, "data plane registered");
-    }
     let topics = ctl.shared.topics.read().expect("poisoned").values().cloned().collect();
     let marks = ctl
         .shared
@@ -264,9 +303,11 @@ async fn register<M: MetaStore + Clone>(
         epoch: ctl.shared.epoch,
         cluster_id: ctl.shared.cluster_id.clone(),
         topics,
-        controller_id: r.node_id,
+        controller_id: node_id,
         marks,
         group_defaults: groups.config_defaults(),
+        node_id,
+        brokers: Some(ctl.shared.dataplanes.brokers()),
     })
 }
 
@@ -326,15 +367,7 @@ async fn handle<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
             Ok(producer_id) => Body::ProducerIdAllocated(ProducerIdAllocated { producer_id }),
             Err(e) => failed(&Error::from(e)),
         },
-        Body::GetBrokers(_) => {
-            let (a, b) = keys::brokers();
-            match ctl.shared.store.range(&a, &b, usize::MAX).await {
-                Ok(rows) => {
-                    Body::Brokers(Brokers { brokers: rows.into_iter().filter_map(|(_, v)| Broker::decode(v.value).ok()).collect() })
-                }
-                Err(e) => failed(&Error::from(e)),
-            }
-        }
+        Body::GetBrokers(_) => Body::Brokers(ctl.shared.dataplanes.brokers()),
         other => failed(&Error::Malformed(format!("unexpected message {:?}", std::mem::discriminant(&other)))),
     }
 }
@@ -414,6 +447,9 @@ mod tests {
             port: 9092,
             shard: 0,
             cores: 1,
+            instance: node_id as u64,
+            assigned: false,
+            started_ms: 0,
         }
     }
 
@@ -449,16 +485,64 @@ mod tests {
         assert!(exists(&store, &keys::group_meta("c-new")).await);
 
         // Data plane registration.
-        let mut session = None;
-        assert!(matches!(register(&old, &old_groups, registration(7), &mut session).await, Body::Failed(_)));
+        let (mut session, mut node) = (None, None);
+        assert!(matches!(register(&old, &old_groups, registration(7), &mut session, &mut node).await, Body::Failed(_)));
         assert!(!exists(&store, &keys::broker(7)).await, "a deposed control plane registered a data plane");
-        let mut session = None;
-        assert!(matches!(register(&new, &new_groups, registration(8), &mut session).await, Body::Registered(_)));
+        let (mut session, mut node) = (None, None);
+        assert!(matches!(register(&new, &new_groups, registration(8), &mut session, &mut node).await, Body::Registered(_)));
         assert!(exists(&store, &keys::broker(8)).await);
 
         // Producer ids.
         assert!(matches!(allocate_producer_id(&old).await, Err(MetaError::Fenced)));
         let first = allocate_producer_id(&new).await.unwrap();
         assert_eq!(allocate_producer_id(&new).await.unwrap(), first + 1, "ids are handed out once");
+    }
+
+    /// Node ids: assigned lowest-free when not given, refused when another running data plane
+    /// holds the one asked for, kept by the same process registering again, and free again once
+    /// a data plane leaves.
+    #[tokio::test]
+    async fn node_ids_are_unique_among_running_data_planes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+        let ctl = Controller::start(store.clone()).await.unwrap();
+        let groups = Coordinator::start(ctl.shared.clone(), GroupConfig::default()).await.unwrap();
+        let join = |node_id: i32, instance: u64| {
+            let mut r = registration(node_id);
+            r.instance = instance;
+            r
+        };
+        let node_of = |b: Body| match b {
+            Body::Registered(r) => Ok(r.node_id),
+            Body::Failed(f) => Err(f),
+            other => panic!("unexpected {other:?}"),
+        };
+        // Per data plane connection: its session and the node it registered.
+        type Conn = (Option<SessionId>, Option<(i32, u64)>);
+        let mut conns: Vec<Conn> = (0..5).map(|_| (None, None)).collect();
+        let (s, n) = &mut conns[0];
+        assert_eq!(node_of(register(&ctl, &groups, join(2, 100), s, n).await).unwrap(), 2);
+        let (s, n) = &mut conns[1];
+        assert_eq!(node_of(register(&ctl, &groups, join(sluice_rpc::ASSIGN_NODE_ID, 101), s, n).await).unwrap(), 1);
+        let (s, n) = &mut conns[2];
+        assert_eq!(node_of(register(&ctl, &groups, join(sluice_rpc::ASSIGN_NODE_ID, 102), s, n).await).unwrap(), 3);
+        let (s, n) = &mut conns[3];
+        let refused = node_of(register(&ctl, &groups, join(2, 103), s, n).await).unwrap_err();
+        assert_eq!(refused.error, i32::from(E::DuplicateBrokerRegistration.code()));
+        assert!(refused.message.contains("node id 2 is held by another running data plane"), "{}", refused.message);
+        // The same process again (a new connection after a control plane change) keeps its id.
+        let (s, n) = &mut conns[4];
+        assert_eq!(node_of(register(&ctl, &groups, join(2, 100), s, n).await).unwrap(), 2);
+        // An assigned id held meanwhile by someone else: another is assigned.
+        let mut again = join(1, 104);
+        again.assigned = true;
+        let (s, n) = &mut conns[3];
+        assert_eq!(node_of(register(&ctl, &groups, again, s, n).await).unwrap(), 4);
+        let ids: Vec<i32> = ctl.shared.dataplanes.brokers().brokers.iter().map(|b| b.node_id).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        // Node 1 leaves: its id is the next assigned.
+        crate::cluster::release(&ctl.shared, 1, 101).await.unwrap();
+        let mut fresh = (None, None);
+        assert_eq!(node_of(register(&ctl, &groups, join(sluice_rpc::ASSIGN_NODE_ID, 105), &mut fresh.0, &mut fresh.1).await).unwrap(), 1);
     }
 }

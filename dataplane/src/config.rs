@@ -56,12 +56,20 @@ pub struct Args {
     /// Host advertised to clients (default: the listener's host).
     #[arg(long, env = "SLUICE_ADVERTISED_HOST")]
     pub advertised_host: Option<String>,
-    /// Kafka broker (node) id of this data plane.
-    #[arg(long, env = "SLUICE_NODE_ID", default_value_t = 1)]
-    pub node_id: i32,
-    /// Availability zone (reported as the broker's rack).
+    /// Kafka broker (node) id of this data plane, unique among the running data planes (a second
+    /// one claiming it is refused); default: the control plane assigns the lowest free id.
+    #[arg(long, env = "SLUICE_NODE_ID", value_parser = clap::value_parser!(i32).range(0..))]
+    pub node_id: Option<i32>,
+    /// Availability zone (reported as the broker's rack). Clients naming this zone in their
+    /// `client.id` (`zone_id=ZONE`) are shown only the data planes of their zone.
     #[arg(long, env = "SLUICE_ZONE", default_value = "")]
     pub zone: String,
+    /// On SIGTERM (or Ctrl-C) the data plane drains: it leaves the cluster, stops accepting
+    /// connections, answers produce and fetch with a retriable NOT_LEADER_OR_FOLLOWER so clients
+    /// move to the others, finishes what is in flight and exits once its clients have gone or
+    /// after this many milliseconds.
+    #[arg(long, env = "SLUICE_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
     /// Shards (pinned executors); default: every available core.
     #[arg(long, env = "SLUICE_CORES")]
     pub cores: Option<usize>,
@@ -120,8 +128,14 @@ pub struct Config {
     pub controlplane: Vec<String>,
     pub listen: SocketAddr,
     pub advertised_host: String,
-    pub node_id: i32,
+    /// The node id asked for (None: assigned by the control plane).
+    pub node_id: Option<i32>,
     pub zone: String,
+    pub drain_timeout: Duration,
+    /// Random id of this process (tells its own registrations from another's).
+    pub instance: u64,
+    /// When this process started (ms since the epoch).
+    pub started_ms: i64,
     pub cores: usize,
     pub wal_flush_bytes: usize,
     pub wal_flush_interval: Duration,
@@ -172,6 +186,9 @@ impl Config {
             listen,
             advertised_host,
             node_id: a.node_id,
+            drain_timeout: Duration::from_millis(a.drain_timeout_ms),
+            instance: random_instance(),
+            started_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
             zone: a.zone,
             cores,
             wal_flush_bytes,
@@ -185,6 +202,12 @@ impl Config {
             metrics_listen,
         })
     }
+}
+
+/// A random process id, which no other data plane will have.
+fn random_instance() -> u64 {
+    let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
+    hi ^ lo
 }
 
 impl StoreConfig {

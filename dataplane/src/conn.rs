@@ -17,7 +17,7 @@ use crate::shard::Shard;
 use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -47,18 +47,28 @@ where
     let peer = conn.peer.map(|a| a.to_string()).unwrap_or_default();
     let mut order = Order::new();
     shard.metrics.add(M::Connections, 1);
+    // Bytes both ways, counted for the zone the client names (until its client id changes).
+    let traffic = Rc::new(RefCell::new(shard.traffic.counter(None)));
+    // Requests read and not yet answered (a draining data plane waits for them).
+    let pending = Rc::new(Cell::new(0u64));
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let (tx, rx) = local_channel::new_bounded::<glommio::Task<Reply>>(MAX_INFLIGHT);
+    let (w_traffic, w_pending, w_shard) = (traffic.clone(), pending.clone(), shard.clone());
     let writer = glommio::spawn_local(async move {
         while let Some(task) = rx.recv().await {
-            match task.await {
+            let reply = task.await;
+            let done = match reply {
                 Reply::Send(bytes) => {
-                    if wr.write_all(&bytes).await.is_err() {
-                        break;
-                    }
+                    w_traffic.borrow().add_sent(bytes.len());
+                    wr.write_all(&bytes).await.is_ok()
                 }
-                Reply::Nothing => {}
-                Reply::Close => break,
+                Reply::Nothing => true,
+                Reply::Close => false,
+            };
+            w_pending.set(w_pending.get() - 1);
+            w_shard.metrics.sub(M::InFlight, 1);
+            if !done {
+                break;
             }
         }
         let _ = wr.close().await;
@@ -99,7 +109,12 @@ where
                 break;
             }
         };
-        conn.saw_client_id(req.header.client_id.as_deref());
+        if conn.saw_client_id(req.header.client_id.as_deref()) {
+            *traffic.borrow_mut() = shard.traffic.counter(conn.zone().as_deref());
+        }
+        traffic.borrow().add_received(4 + len);
+        pending.set(pending.get() + 1);
+        shard.metrics.add(M::InFlight, 1);
         let (s, c, turn) = (shard.clone(), conn.clone(), order.next());
         let task = glommio::spawn_local(async move {
             let reply = api::handle(s, req, c, turn).await;
@@ -112,5 +127,7 @@ where
     }
     drop(tx);
     let _ = writer.await;
+    // Requests the writer never answered (it stopped early).
+    shard.metrics.sub(M::InFlight, pending.get());
     shard.metrics.sub(M::Connections, 1);
 }

@@ -20,6 +20,8 @@ pub struct ConnContext {
     pub peer_ip: Rc<str>,
     /// The `client.id` of the connection's latest request (clients send it with each one).
     pub client_id: RefCell<Rc<str>>,
+    /// The zone that client id names ([`sluice_rpc::routing::client_zone`]), if any.
+    pub zone: RefCell<Option<Rc<str>>>,
     /// Who the client authenticated as; [`ANONYMOUS`] on a plaintext listener.
     #[allow(dead_code)] // Set by an authenticating listener (SASL, mTLS), read by authorization.
     pub principal: RefCell<Rc<str>>,
@@ -37,16 +39,26 @@ impl ConnContext {
             peer,
             peer_ip: Rc::from(peer.map(|a| a.ip().to_string()).unwrap_or_default()),
             client_id: RefCell::new(Rc::from("")),
+            zone: RefCell::new(None),
             principal: RefCell::new(Rc::from(ANONYMOUS)),
             forward_deadline: Cell::new(Instant::now()),
         })
     }
 
-    /// Notes the client id a request carries (kept as is when unchanged, which is the rule).
-    pub fn saw_client_id(&self, id: Option<&str>) {
+    /// Notes the client id a request carries (kept as is when unchanged, which is the rule);
+    /// true when it changed.
+    pub fn saw_client_id(&self, id: Option<&str>) -> bool {
         let id = id.unwrap_or("");
-        if &**self.client_id.borrow() != id {
-            *self.client_id.borrow_mut() = Rc::from(id);
+        if &**self.client_id.borrow() == id {
+            return false;
         }
+        *self.client_id.borrow_mut() = Rc::from(id);
+        *self.zone.borrow_mut() = sluice_rpc::routing::client_zone(id).map(Rc::from);
+        true
+    }
+
+    /// The client's zone, if its client id names one.
+    pub fn zone(&self) -> Option<Rc<str>> {
+        self.zone.borrow().clone()
     }
 }

@@ -28,6 +28,9 @@ pub enum RpcError {
 pub enum Error {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    /// This data plane is draining: the client is to go to another.
+    #[error("this data plane is leaving the cluster")]
+    Draining,
     #[error("unknown topic id")]
     UnknownTopicId,
     #[error("invalid topic name")]
@@ -75,6 +78,8 @@ impl Error {
         use ResponseError as R;
         match self {
             Error::UnknownTopicOrPartition => R::UnknownTopicOrPartition,
+            // Retriable everywhere: clients refresh their metadata, which no longer lists it.
+            Error::Draining => R::NotLeaderOrFollower,
             Error::UnknownTopicId => R::UnknownTopicId,
             Error::InvalidTopic => R::InvalidTopicException,
             Error::TopicNotAvailable => R::LeaderNotAvailable,
@@ -114,6 +119,7 @@ mod tests {
         let io = || std::io::Error::other("disk gone");
         let table: &[(Error, i16, bool)] = &[
             (Error::UnknownTopicOrPartition, 3, true),
+            (Error::Draining, 6, true),
             (Error::UnknownTopicId, 100, true),
             (Error::InvalidTopic, 17, false),
             (Error::TopicNotAvailable, 5, true),

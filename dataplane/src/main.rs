@@ -15,6 +15,7 @@
 //! - [`conn`]: one connection: framing, bad input, replies in request order.
 //! - [`api`]: one file per Kafka API, and the dispatcher.
 //! - [`gc`]: shard 0 deletes the WAL objects the control plane names as garbage.
+//! - [`drain`]: shard 0 leaves the cluster on SIGTERM and exits once clients have moved.
 //! - [`order`]: the order of one connection's requests ([`order::Turn`]).
 //! - [`context`]: what one connection's requests share (peer, client id, principal).
 //! - [`shard`]: ownership: the owner function, the mesh, the one call that runs work on the
@@ -32,6 +33,7 @@ mod api;
 mod config;
 mod conn;
 mod context;
+mod drain;
 mod error;
 mod gc;
 mod http;
@@ -67,6 +69,12 @@ fn main() {
             fail(format!("cannot listen on {addr}: {e}"));
         }
     }
+    // Before the executors start, so no signal finds the default handler (which would kill the
+    // process without draining).
+    let signals = match drain::signal_socket() {
+        Ok(s) => std::sync::Arc::new(std::sync::Mutex::new(Some(s))),
+        Err(e) => fail(format!("cannot handle signals: {e}")),
+    };
     let cores = cfg.cores;
     let mesh = glommio::channels::channel_mesh::MeshBuilder::full(cores, 1024);
     // io_memory: without CAP_IPC_LOCK (ulimit -l is 8 MiB here) glommio's buffer registration
@@ -89,8 +97,8 @@ fn main() {
         .name("sluice-shard")
         .io_memory(io_memory)
         .on_all_shards(move || {
-            let (cfg, mesh) = (cfg.clone(), mesh.clone());
-            async move { server::run(cfg, mesh).await }
+            let (cfg, mesh, signals) = (cfg.clone(), mesh.clone(), signals.clone());
+            async move { server::run(cfg, mesh, signals).await }
         });
     let handles = match pool {
         Ok(h) => h,

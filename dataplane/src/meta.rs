@@ -2,7 +2,7 @@
 //! current by the control plane's notifications. Watermarks live with the partitions
 //! ([`crate::partition::Watermarks`]).
 
-use sluice_rpc::Topic;
+use sluice_rpc::{Broker, Brokers, Topic};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -39,6 +39,10 @@ pub struct MetaCache {
     pub topics: HashMap<String, Rc<TopicMeta>>,
     /// The same topics by id (Fetch and Produce name topics by id from v13).
     pub topic_ids: HashMap<uuid::Uuid, Rc<TopicMeta>>,
+    /// The registered data planes, in node id order.
+    pub brokers: Rc<[Broker]>,
+    /// Generation of `brokers` (the leader epoch clients are told).
+    pub generation: i32,
 }
 
 impl MetaCache {
@@ -57,6 +61,14 @@ impl MetaCache {
             }
         }
         t
+    }
+
+    /// Takes a list of data planes, unless it is older than the one held.
+    pub fn put_brokers(&mut self, b: Brokers) {
+        if b.generation >= self.generation {
+            self.generation = b.generation;
+            self.brokers = b.brokers.into();
+        }
     }
 
     /// Keeps only the topics named.

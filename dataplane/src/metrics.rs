@@ -7,7 +7,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Every metric: name, Prometheus type, help.
 pub const METRICS: &[(&str, &str, &str)] = &[
@@ -22,6 +24,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("sluice_object_reads_total", "counter", "Ranged reads from the object store (cache misses)."),
     ("sluice_object_read_bytes_total", "counter", "Bytes read from the object store."),
     ("sluice_connections", "gauge", "Open Kafka client connections."),
+    ("sluice_requests_in_flight", "gauge", "Kafka requests read and not yet answered."),
     ("sluice_s3_hedged_puts_total", "counter", "S3 PUTs slower than the hedging percentile that sent a second copy."),
     ("sluice_gc_objects_deleted_total", "counter", "Garbage WAL objects (no index entry refers to them) deleted from the object store."),
 ];
@@ -40,6 +43,7 @@ pub enum M {
     ObjectReads,
     ObjectReadBytes,
     Connections,
+    InFlight,
     HedgedPuts,
     GcObjectsDeleted,
 }
@@ -95,6 +99,11 @@ impl ShardMetrics {
         c.set(c.get().wrapping_add(n));
     }
 
+    /// A counter's or gauge's value.
+    pub fn get(&self, m: M) -> u64 {
+        self.values[m as usize].get()
+    }
+
     /// Lowers a gauge.
     pub fn sub(&self, m: M, n: u64) {
         let c = &self.values[m as usize];
@@ -119,6 +128,106 @@ impl ShardMetrics {
             out.push(h.sum_us.get());
         }
         out
+    }
+}
+
+/// Bytes exchanged with the clients of one zone, on one shard.
+#[derive(Default)]
+pub struct ZoneCounter {
+    pub received: Cell<u64>,
+    pub sent: Cell<u64>,
+}
+
+impl ZoneCounter {
+    pub fn add_received(&self, n: usize) {
+        self.received.set(self.received.get().wrapping_add(n as u64));
+    }
+
+    pub fn add_sent(&self, n: usize) {
+        self.sent.set(self.sent.get().wrapping_add(n as u64));
+    }
+}
+
+/// Most client zones counted apart on a shard; clients naming further zones are counted under
+/// [`OTHER_ZONES`] (zones come from clients, so their number is theirs to choose).
+const MAX_ZONES: usize = 256;
+/// Where the zones past [`MAX_ZONES`] are counted.
+pub const OTHER_ZONES: &str = "(other)";
+
+/// A shard's bytes per client zone ("" for clients naming none).
+#[derive(Default)]
+pub struct ZoneTraffic(RefCell<HashMap<Rc<str>, Rc<ZoneCounter>>>);
+
+impl ZoneTraffic {
+    /// The counter of a client zone.
+    pub fn counter(&self, zone: Option<&str>) -> Rc<ZoneCounter> {
+        let zone = zone.unwrap_or("");
+        let mut map = self.0.borrow_mut();
+        if let Some(c) = map.get(zone) {
+            return c.clone();
+        }
+        let key = if map.len() >= MAX_ZONES { OTHER_ZONES } else { zone };
+        map.entry(Rc::from(key)).or_default().clone()
+    }
+
+    /// (zone, received, sent) of every zone seen.
+    pub fn snapshot(&self) -> Vec<sluice_rpc::ZoneBytes> {
+        self.0
+            .borrow()
+            .iter()
+            .map(|(z, c)| sluice_rpc::ZoneBytes { zone: z.to_string(), received: c.received.get(), sent: c.sent.get() })
+            .collect()
+    }
+}
+
+/// Sums shards' [`ZoneTraffic::snapshot`]s per zone, in zone order.
+pub fn sum_zones(shards: impl IntoIterator<Item = Vec<sluice_rpc::ZoneBytes>>) -> Vec<sluice_rpc::ZoneBytes> {
+    let mut by_zone: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for z in shards.into_iter().flatten() {
+        let e = by_zone.entry(z.zone).or_default();
+        e.0 += z.received;
+        e.1 += z.sent;
+    }
+    by_zone.into_iter().map(|(zone, (received, sent))| sluice_rpc::ZoneBytes { zone, received, sent }).collect()
+}
+
+/// Whether bytes exchanged with clients of `client_zone` crossed a zone: unless both are known
+/// and equal, they may have.
+pub fn crosses(my_zone: &str, client_zone: &str) -> bool {
+    my_zone.is_empty() || client_zone != my_zone
+}
+
+/// Bytes per client zone, and those that crossed a zone, as metrics.
+#[derive(Debug)]
+struct Zones {
+    mine: String,
+    zones: Vec<sluice_rpc::ZoneBytes>,
+}
+
+impl Collector for Zones {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, sent) in [
+            ("sluice_client_received_bytes", "Bytes received from clients, by the zone their client.id names (\"\": none).", false),
+            ("sluice_client_sent_bytes", "Bytes sent to clients, by the zone their client.id names (\"\": none).", true),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for z in &self.zones {
+                let v = if sent { z.sent } else { z.received };
+                family.encode_family(&[("client_zone", z.zone.as_str())])?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        let crossed = self.zones.iter().filter(|z| crosses(&self.mine, &z.zone));
+        let (received, sent) = crossed.fold((0u64, 0u64), |(r, s), z| (r + z.received, s + z.sent));
+        let mut family = encoder.encode_descriptor(
+            "sluice_cross_zone_bytes",
+            "Bytes exchanged with clients not known to be in this data plane's zone (other zones, and clients naming none).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, v) in [("received", received), ("sent", sent)] {
+            family.encode_family(&[("direction", direction)])?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        Ok(())
     }
 }
 
@@ -160,10 +269,12 @@ impl Collector for Snapshots {
     }
 }
 
-/// Renders snapshots of all shards (in shard order) in the OpenMetrics text format.
-pub fn render(shards: Vec<Vec<u64>>) -> String {
+/// Renders snapshots of all shards (in shard order) and the bytes per client zone (summed over
+/// the shards, [`sum_zones`]) of a data plane in `my_zone`, in the OpenMetrics text format.
+pub fn render(shards: Vec<Vec<u64>>, zones: Vec<sluice_rpc::ZoneBytes>, my_zone: &str) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshots(shards)));
+    registry.register_collector(Box::new(Zones { mine: my_zone.to_string(), zones }));
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -185,7 +296,7 @@ mod tests {
         a.observe(H::Put, std::time::Duration::from_micros(900));
         b.observe(H::Put, std::time::Duration::from_millis(3));
         b.observe(H::Put, std::time::Duration::from_secs(5));
-        let text = render(vec![a.snapshot(), b.snapshot()]);
+        let text = render(vec![a.snapshot(), b.snapshot()], vec![], "a");
         assert!(text.contains("# TYPE sluice_produce_records counter"), "{text}");
         assert!(text.contains("sluice_produce_records_total{shard=\"0\"} 5\n"), "{text}");
         assert!(text.contains("sluice_produce_records_total{shard=\"1\"} 7\n"), "{text}");
@@ -196,5 +307,33 @@ mod tests {
         assert!(text.contains("sluice_wal_put_seconds_count 3\n"), "{text}");
         assert!(text.contains("sluice_wal_put_seconds_sum 5.0039\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn bytes_per_client_zone_and_across_zones() {
+        let (a, b) = (ZoneTraffic::default(), ZoneTraffic::default());
+        a.counter(Some("a")).add_received(10);
+        a.counter(Some("a")).add_sent(100);
+        b.counter(Some("a")).add_received(5);
+        b.counter(Some("b")).add_sent(7);
+        b.counter(None).add_received(3);
+        let text = render(vec![], sum_zones([a.snapshot(), b.snapshot()]), "a");
+        assert!(text.contains("sluice_client_received_bytes_total{client_zone=\"a\"} 15\n"), "{text}");
+        assert!(text.contains("sluice_client_sent_bytes_total{client_zone=\"a\"} 100\n"), "{text}");
+        assert!(text.contains("sluice_client_sent_bytes_total{client_zone=\"b\"} 7\n"), "{text}");
+        assert!(text.contains("sluice_client_received_bytes_total{client_zone=\"\"} 3\n"), "{text}");
+        assert!(text.contains("sluice_cross_zone_bytes_total{direction=\"received\"} 3\n"), "{text}");
+        assert!(text.contains("sluice_cross_zone_bytes_total{direction=\"sent\"} 7\n"), "{text}");
+    }
+
+    #[test]
+    fn zones_past_the_limit_share_one_counter() {
+        let t = ZoneTraffic::default();
+        for i in 0..MAX_ZONES + 10 {
+            t.counter(Some(&format!("z{i}"))).add_received(1);
+        }
+        let snap = t.snapshot();
+        assert_eq!(snap.len(), MAX_ZONES + 1);
+        assert_eq!(snap.iter().find(|z| z.zone == OTHER_ZONES).map(|z| z.received), Some(10));
     }
 }

@@ -48,6 +48,8 @@ pub struct RpcClient {
     /// Frames of requests sent with [`RpcClient::start_resending`] and not yet answered, by
     /// request id: sent again, in this order, when a new connection is up.
     resend: RefCell<BTreeMap<u64, Vec<u8>>>,
+    /// The node id a control plane assigned this data plane, asked for again on reconnecting.
+    assigned: Cell<Option<i32>>,
 }
 
 impl RpcClient {
@@ -66,6 +68,7 @@ impl RpcClient {
             generation: Cell::new(0),
             refused: Cell::new(false),
             resend: RefCell::default(),
+            assigned: Cell::new(None),
         })
     }
 
@@ -220,9 +223,16 @@ impl RpcClient {
                     }
                 }
             });
-            match self.send(Body::Register(register.clone()), Duration::from_secs(10)).await {
+            let mut this = register.clone();
+            if let Some(id) = self.assigned.get() {
+                (this.node_id, this.assigned) = (id, true);
+            }
+            match self.send(Body::Register(this), Duration::from_secs(10)).await {
                 Ok(Body::Registered(r)) => {
                     self.refused.set(false);
+                    if register.shard == 0 && register.node_id < 0 {
+                        self.assigned.set(Some(r.node_id));
+                    }
                     let _ = events.send(Event::Registered(r)).await;
                     // Requests whose answers the last connection lost go first, in order.
                     let again: Vec<Vec<u8>> = self.resend.borrow().values().cloned().collect();
@@ -254,6 +264,13 @@ impl RpcClient {
                     if register.shard == 0 {
                         tracing::info!(standby = %addr, leader = %f.leader, "control plane stands by; going to the leader");
                     }
+                }
+                Ok(Body::Failed(f)) if f.error == i32::from(ResponseError::DuplicateBrokerRegistration.code()) => {
+                    // Two data planes with one node id would confuse every client: the second
+                    // one stops, with the reason.
+                    tracing::error!(message = %f.message, "control plane refused registration");
+                    eprintln!("sluice-dataplane: error: {}", f.message);
+                    std::process::exit(1);
                 }
                 Ok(other) => {
                     self.refused.set(true);

@@ -13,13 +13,20 @@ use crate::store::{LocalObjectStore, ObjectStore};
 use bytes::Bytes;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::channels::local_channel;
+use sluice_rpc::body::Body;
 use sluice_rpc::Register;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Runs one shard until its listener fails.
-pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), String> {
+/// The process's signal socket ([`crate::drain::signal_socket`]), taken by the first shard.
+pub type Signals = std::sync::Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>>;
+
+/// How often the first shard reports the data plane's traffic to the control plane.
+const STATS_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs one shard until its listener fails or the data plane has drained.
+pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>, signals: Signals) -> Result<(), String> {
     let (senders, mut receivers) = mesh.join().await.map_err(|_| "channel mesh failed".to_string())?;
     let id = senders.peer_id();
     let rpc = RpcClient::new(cfg.controlplane.clone());
@@ -42,16 +49,32 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
     };
     let clock = Rc::new(SystemClock { interval: cfg.wal_flush_interval });
     let parts = Partitions::new(settings, store.clone(), rpc.clone(), clock, metrics.clone());
-    let shard = Rc::new(Shard { id, mesh: senders, rpc: rpc.clone(), meta: RefCell::default(), parts, store, metrics, cfg });
+    let shard = Rc::new(Shard {
+        id,
+        mesh: senders,
+        rpc: rpc.clone(),
+        meta: RefCell::default(),
+        parts,
+        store,
+        metrics,
+        node: Cell::new(cfg.node_id.unwrap_or(sluice_rpc::ASSIGN_NODE_ID)),
+        draining: Cell::new(false),
+        traffic: Default::default(),
+        drain_started: Default::default(),
+        cfg,
+    });
     let (ev_tx, ev_rx) = local_channel::new_bounded(1024);
     let register = Register {
         protocol_version: sluice_rpc::PROTOCOL_VERSION,
-        node_id: shard.cfg.node_id,
+        node_id: shard.node_id(),
         zone: shard.cfg.zone.clone(),
         host: shard.cfg.advertised_host.clone(),
         port: i32::from(shard.cfg.listen.port()),
         shard: id as u32,
         cores: shard.cfg.cores as u32,
+        instance: shard.cfg.instance,
+        assigned: false,
+        started_ms: shard.cfg.started_ms,
     };
     glommio::spawn_local(rpc.run(register, Rc::new(ev_tx))).detach();
     let s = shard.clone();
@@ -70,11 +93,13 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
         })
         .detach();
     }
-    // Serve clients only once this shard has registered and holds the cluster's metadata:
-    // answering earlier would show clients an empty cluster (no topics, no cluster id).
-    while shard.meta.borrow().cluster_id.is_empty() {
+    // Serve clients only once this shard has registered, holds the cluster's metadata and knows
+    // its data plane's node id: answering earlier would show clients an empty cluster (no
+    // topics, no cluster id) or a broker without an id.
+    let ready = |s: &Shard| !s.meta.borrow().cluster_id.is_empty() && s.node_id() >= 0;
+    while !ready(&shard) {
         let changed = shard.parts.marks.changed();
-        if !shard.meta.borrow().cluster_id.is_empty() {
+        if ready(&shard) {
             break;
         }
         let _ = changed.await;
@@ -86,9 +111,25 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), S
             glommio::spawn_local(serve_metrics(shard.clone(), addr)).detach();
         }
         glommio::spawn_local(crate::gc::run(shard.clone())).detach();
+        glommio::spawn_local(report_stats(shard.clone())).detach();
+        if let Some(socket) = signals.lock().ok().and_then(|mut s| s.take()) {
+            glommio::spawn_local(crate::drain::watch(shard.clone(), socket)).detach();
+        }
     }
     loop {
-        match listener.accept().await {
+        if shard.draining.get() {
+            // Connections already open go on until the data plane exits.
+            drop(listener);
+            std::future::pending::<()>().await;
+            unreachable!("pending never completes");
+        }
+        let stop = shard.drain_started.notified();
+        let accept = std::pin::pin!(listener.accept());
+        let accepted = match futures::future::select(accept, stop).await {
+            futures::future::Either::Left((accepted, _)) => accepted,
+            futures::future::Either::Right(_) => continue,
+        };
+        match accepted {
             Ok(stream) => {
                 let peer = stream.peer_addr().ok();
                 let _ = stream.set_nodelay(true);
@@ -136,7 +177,7 @@ async fn serve_metrics(shard: Rc<Shard>, addr: std::net::SocketAddr) {
             async move {
                 let resp = hyper::Response::builder();
                 let resp = if req.method() == hyper::Method::GET && matches!(req.uri().path(), "/metrics" | "/") {
-                    let text = crate::metrics::render(gather(&shard).await);
+                    let text = crate::metrics::render(gather(&shard).await, gather_zones(&shard).await, &shard.cfg.zone);
                     resp.header(hyper::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
                         .body(http_body_util::Full::new(Bytes::from(text)))
                 } else {
@@ -152,6 +193,40 @@ async fn serve_metrics(shard: Rc<Shard>, addr: std::net::SocketAddr) {
             }
         })
         .detach();
+    }
+}
+
+/// Every shard's bytes per client zone, summed per zone.
+async fn gather_zones(shard: &Rc<Shard>) -> Vec<sluice_rpc::ZoneBytes> {
+    let mut all = Vec::with_capacity(shard.cfg.cores);
+    for peer in 0..shard.cfg.cores {
+        all.push(shard.on_owner(peer, |s| async move { s.traffic.snapshot() }).await.unwrap_or_default());
+    }
+    crate::metrics::sum_zones(all)
+}
+
+/// Reports the data plane's traffic to the control plane every [`STATS_EVERY`] (for its status
+/// page), for as long as it runs.
+async fn report_stats(shard: Rc<Shard>) {
+    use crate::metrics::M;
+    loop {
+        glommio::timer::sleep(STATS_EVERY).await;
+        let mut stats = sluice_rpc::DataPlaneStats::default();
+        for peer in 0..shard.cfg.cores {
+            let counts = shard
+                .on_owner(
+                    peer,
+                    |s| async move { [s.metrics.get(M::ProduceBytes), s.metrics.get(M::FetchBytes), s.metrics.get(M::Connections)] },
+                )
+                .await
+                .unwrap_or_default();
+            stats.produce_bytes += counts[0];
+            stats.fetch_bytes += counts[1];
+            stats.connections += counts[2];
+        }
+        stats.zones = gather_zones(&shard).await;
+        // Best effort: a report lost to a reconnect is replaced by the next.
+        let _ = shard.rpc.call(Body::DataPlaneStats(stats), STATS_EVERY).await;
     }
 }
 

@@ -17,8 +17,8 @@ use crate::store::ObjectStore;
 use futures::channel::oneshot;
 use futures::future::LocalBoxFuture;
 use glommio::channels::channel_mesh::Senders;
-use sluice_rpc::{body::Body, Topic};
-use std::cell::RefCell;
+use sluice_rpc::{body::Body, Broker, Topic};
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
@@ -54,6 +54,15 @@ pub struct Shard {
     /// The object store this shard writes its WAL objects to and reads them from.
     pub store: Rc<dyn ObjectStore>,
     pub metrics: Rc<ShardMetrics>,
+    /// This data plane's node id: the one asked for, else the one the control plane assigned
+    /// (first shard's registration, handed to the others); -1 until known.
+    pub node: Cell<i32>,
+    /// Set on SIGTERM: the data plane is leaving; clients are sent elsewhere.
+    pub draining: Cell<bool>,
+    /// Bytes exchanged with clients, per client zone.
+    pub traffic: crate::metrics::ZoneTraffic,
+    /// Woken when draining starts (the accept loop stops).
+    pub drain_started: crate::notify::Notify,
 }
 
 impl Shard {
@@ -95,6 +104,55 @@ impl Shard {
         }
     }
 
+    /// This data plane's node id (-1 before registration).
+    pub fn node_id(&self) -> i32 {
+        self.node.get()
+    }
+
+    /// The data planes a client of `zone` is shown, never this one while it drains (unless
+    /// there is no other). Before the first list arrives, this data plane alone.
+    pub fn serving(&self, zone: Option<&str>) -> Vec<Broker> {
+        let brokers = self.meta.borrow().brokers.clone();
+        let me = self.node_id();
+        let draining = self.draining.get();
+        let others: Vec<Broker> = brokers.iter().filter(|b| !(draining && b.node_id == me)).cloned().collect();
+        let pool = if others.is_empty() { vec![self.me()] } else { others };
+        sluice_rpc::routing::serving(&pool, zone).into_iter().cloned().collect()
+    }
+
+    /// Draining, with another data plane to send clients to: produce and fetch are refused with
+    /// a retriable error, so clients look the partition up again and go there.
+    pub fn sends_clients_away(&self) -> bool {
+        self.draining.get() && self.meta.borrow().brokers.iter().any(|b| b.node_id != self.node_id())
+    }
+
+    /// This data plane as a broker.
+    pub fn me(&self) -> Broker {
+        Broker {
+            node_id: self.node_id(),
+            host: self.cfg.advertised_host.clone(),
+            port: i32::from(self.cfg.listen.port()),
+            zone: self.cfg.zone.clone(),
+            cores: self.cfg.cores as u32,
+            ..Default::default()
+        }
+    }
+
+    /// Takes the node id registration gave; the first shard hands it to the others.
+    fn adopt_node_id(self: &Rc<Self>, id: i32) {
+        let changed = self.node.replace(id) != id;
+        if self.id == 0 && changed {
+            let s = self.clone();
+            glommio::spawn_local(async move {
+                for peer in (0..s.cfg.cores).filter(|p| *p != s.id) {
+                    let _ = s.on_owner(peer, move |p| async move { p.adopt_node_id(id) }).await;
+                }
+            })
+            .detach();
+        }
+        self.parts.marks.wake_all();
+    }
+
     /// Looks up a topic in the local cache.
     pub fn topic(&self, name: &str) -> Option<Rc<TopicMeta>> {
         self.meta.borrow().topics.get(name).cloned()
@@ -115,12 +173,18 @@ impl Shard {
     }
 
     /// Applies what the control plane tells this shard.
-    pub fn on_event(&self, ev: Event) {
+    pub fn on_event(self: &Rc<Self>, ev: Event) {
         let marks = &self.parts.marks;
         match ev {
             Event::Registered(r) => {
+                if self.id == 0 {
+                    self.adopt_node_id(r.node_id);
+                }
                 {
                     let mut m = self.meta.borrow_mut();
+                    if let Some(b) = r.brokers {
+                        m.put_brokers(b);
+                    }
                     m.cluster_id = r.cluster_id;
                     m.group_defaults = r.group_defaults;
                     m.retain(&r.topics.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
@@ -138,6 +202,7 @@ impl Shard {
                     marks.advance(m.stream_id, Marks { log_start: m.log_start, hwm: m.high_watermark });
                 }
             }
+            Event::Note(Body::Brokers(b)) => self.meta.borrow_mut().put_brokers(b),
             Event::Note(Body::Topics(t)) => {
                 for t in t.topics {
                     self.learn_topic(t);

@@ -21,6 +21,7 @@ pub mod acl;
 pub mod cli;
 pub mod configs;
 pub mod forward;
+pub mod routing;
 
 use prost::Message;
 
@@ -78,7 +79,7 @@ pub struct Envelope {
     /// The message.
     #[prost(
         oneof = "body::Body",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34"
     )]
     pub body: Option<body::Body>,
 }
@@ -184,6 +185,14 @@ pub mod body {
         /// Answer to [`TakeGarbage`].
         #[prost(message, tag = "32")]
         Garbage(Garbage),
+        /// A draining data plane leaves the cluster (its registration is deleted at once, not
+        /// when its session lapses); answered by [`Brokers`].
+        #[prost(message, tag = "33")]
+        Deregister(Deregister),
+        /// A data plane's traffic counters, reported every few seconds by its first shard (for
+        /// the status page); answered by [`Pong`](Body::Pong).
+        #[prost(message, tag = "34")]
+        DataPlaneStats(DataPlaneStats),
     }
 }
 
@@ -215,7 +224,22 @@ pub struct Register {
     /// Number of shards of the data plane.
     #[prost(uint32, tag = "7")]
     pub cores: u32,
+    /// Random id of the data plane process, the same on each of its shards' connections: tells
+    /// a data plane registering again (a new connection, a new control plane) from another one
+    /// claiming the same node id.
+    #[prost(uint64, tag = "8")]
+    pub instance: u64,
+    /// `node_id` was assigned by a control plane, not configured: when another data plane holds
+    /// it meanwhile, a new one is assigned instead of refusing.
+    #[prost(bool, tag = "9")]
+    pub assigned: bool,
+    /// When the data plane process started (ms since the epoch).
+    #[prost(int64, tag = "10")]
+    pub started_ms: i64,
 }
+
+/// [`Register::node_id`] asking the control plane to assign one.
+pub const ASSIGN_NODE_ID: i32 = -1;
 
 /// Answer to [`Register`].
 #[derive(Clone, PartialEq, Message)]
@@ -239,6 +263,12 @@ pub struct Registered {
     /// (`consumer.session.timeout.ms`, ...), for DescribeConfigs of a group.
     #[prost(map = "string, string", tag = "6")]
     pub group_defaults: std::collections::HashMap<String, String>,
+    /// The data plane's node id (the one asked for, or the one assigned).
+    #[prost(int32, tag = "7")]
+    pub node_id: i32,
+    /// Every registered data plane, so the shard starts with the cluster's brokers.
+    #[prost(message, optional, tag = "8")]
+    pub brokers: Option<Brokers>,
 }
 
 /// A topic as the metadata store holds it.
@@ -710,6 +740,50 @@ pub struct Broker {
     /// Zone (Kafka rack).
     #[prost(string, tag = "4")]
     pub zone: String,
+    /// Shards: the weight of the data plane in choosing partition leaders.
+    #[prost(uint32, tag = "5")]
+    pub cores: u32,
+    /// [`Register::instance`] of the process holding the node id.
+    #[prost(uint64, tag = "6")]
+    pub instance: u64,
+    /// When the process started (ms since the epoch).
+    #[prost(int64, tag = "7")]
+    pub started_ms: i64,
+}
+
+/// A draining data plane leaves the cluster.
+#[derive(Clone, PartialEq, Message)]
+pub struct Deregister {}
+
+/// Bytes a data plane exchanged with the clients of one zone.
+#[derive(Clone, PartialEq, Message)]
+pub struct ZoneBytes {
+    /// The zone clients named in their `client.id` (empty: none).
+    #[prost(string, tag = "1")]
+    pub zone: String,
+    /// Bytes received from them (request frames).
+    #[prost(uint64, tag = "2")]
+    pub received: u64,
+    /// Bytes sent to them (response frames).
+    #[prost(uint64, tag = "3")]
+    pub sent: u64,
+}
+
+/// A data plane's counters since it started, summed over its shards.
+#[derive(Clone, PartialEq, Message)]
+pub struct DataPlaneStats {
+    /// Record batch bytes produced through it.
+    #[prost(uint64, tag = "1")]
+    pub produce_bytes: u64,
+    /// Record bytes its fetches returned.
+    #[prost(uint64, tag = "2")]
+    pub fetch_bytes: u64,
+    /// Open Kafka connections.
+    #[prost(uint64, tag = "3")]
+    pub connections: u64,
+    /// Bytes per client zone.
+    #[prost(message, repeated, tag = "4")]
+    pub zones: Vec<ZoneBytes>,
 }
 
 /// Answer to [`GetBrokers`].
@@ -718,6 +792,10 @@ pub struct Brokers {
     /// Data planes.
     #[prost(message, repeated, tag = "1")]
     pub brokers: Vec<Broker>,
+    /// Grows with every change of the list (across control planes too): the leader epoch
+    /// clients are told, so they take a new leader of a partition as newer.
+    #[prost(int32, tag = "2")]
+    pub generation: i32,
 }
 
 /// A request failed as a whole.

@@ -1,30 +1,19 @@
-//! DescribeCluster: the cluster id and the data planes registered with the control plane.
+//! DescribeCluster: the cluster id and every data plane registered with the control plane, each
+//! with its zone as its rack (whatever zone the client is in: it describes the whole cluster).
 
 use super::sb;
-use crate::shard::{Shard, RPC_TIMEOUT};
+use crate::shard::Shard;
 use kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
 use kafka_protocol::messages::describe_cluster_response::{DescribeClusterBroker, DescribeClusterResponse};
 use kafka_protocol::messages::BrokerId;
-use sluice_rpc::{acl, body::Body, Broker, GetBrokers};
+use sluice_rpc::acl;
 use std::rc::Rc;
 
 /// Data planes are never fenced: one that stops heartbeating leaves the list, so v2's
 /// `include_fenced_brokers` changes nothing.
 pub async fn handle(shard: &Rc<Shard>, req: DescribeClusterRequest, _version: i16) -> DescribeClusterResponse {
-    let me = Broker {
-        node_id: shard.cfg.node_id,
-        host: shard.cfg.advertised_host.clone(),
-        port: i32::from(shard.cfg.listen.port()),
-        zone: shard.cfg.zone.clone(),
-    };
-    let mut brokers = match shard.rpc.call(Body::GetBrokers(GetBrokers {}), RPC_TIMEOUT).await {
-        Ok(Body::Brokers(b)) => b.brokers,
-        _ => Vec::new(),
-    };
-    if !brokers.iter().any(|b| b.node_id == me.node_id) {
-        brokers.push(me);
-    }
-    brokers.sort_by_key(|b| b.node_id);
+    let brokers = shard.serving(None);
+    let controller = brokers.first().map_or(shard.node_id(), |b| b.node_id);
     let brokers = brokers
         .into_iter()
         .map(|b| {
@@ -37,7 +26,7 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeClusterRequest, _version: i1
         .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(sb(&shard.meta.borrow().cluster_id))
-        .with_controller_id(BrokerId(shard.cfg.node_id))
+        .with_controller_id(BrokerId(controller))
         .with_brokers(brokers)
         .with_cluster_authorized_operations(acl::if_asked(req.include_cluster_authorized_operations, acl::CLUSTER_OPS))
 }

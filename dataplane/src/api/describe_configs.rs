@@ -41,10 +41,10 @@ pub async fn handle(shard: &Rc<Shard>, req: DescribeConfigsRequest, version: i16
                 Ok(t) => Ok(topic_entries(shard, &t.configs)),
                 Err(e) => Err((e.code(), format!("Topic {name} does not exist"))),
             },
-            BROKER if name.is_empty() || name == shard.cfg.node_id.to_string() => Ok(broker_entries(shard)),
+            BROKER if name.is_empty() || name == shard.node_id().to_string() => Ok(broker_entries(shard)),
             BROKER => Err((
                 ResponseError::InvalidRequest.code(),
-                format!("Unexpected broker id, expected {} but received {name}", shard.cfg.node_id),
+                format!("Unexpected broker id, expected {} but received {name}", shard.node_id()),
             )),
             // Groups have no per-group overrides here (IncrementalAlterConfigs refuses them):
             // every group, existing or not, has the defaults, as in Kafka.
@@ -127,7 +127,7 @@ fn broker_entries(shard: &Shard) -> Vec<Entry> {
     let int = ConfigType::Int(i32::MIN);
     vec![
         e("auto.create.topics.enable", c.auto_create_topics.to_string(), ConfigType::Boolean, "Create topics named in Metadata requests."),
-        e("broker.id", c.node_id.to_string(), int, "Broker (node) id."),
+        e("broker.id", shard.node_id().to_string(), int, "Broker (node) id."),
         e("broker.rack", c.zone.clone(), ConfigType::String(&[]), "Availability zone of this data plane."),
         e("compression.type", "producer".into(), ConfigType::String(&[]), "Batches are kept as producers compressed them."),
         e("default.replication.factor", "1".into(), int, "Object storage provides durability; there are no replicas."),
@@ -136,7 +136,7 @@ fn broker_entries(shard: &Shard) -> Vec<Entry> {
         e("log.retention.hours", "168".into(), int, "Default retention in hours."),
         e("message.max.bytes", c.max_message_bytes.to_string(), int, "Largest record batch accepted."),
         e("min.insync.replicas", "1".into(), int, "Accepted for compatibility."),
-        e("node.id", c.node_id.to_string(), int, "Broker (node) id."),
+        e("node.id", shard.node_id().to_string(), int, "Broker (node) id."),
         e("num.partitions", c.num_partitions.to_string(), int, "Partitions of auto-created topics."),
         e("sluice.cache.bytes", c.cache_bytes.to_string(), long, "Byte limit of the committed-batch cache."),
         e("sluice.wal.flush.bytes", c.wal_flush_bytes.to_string(), long, "WAL object size that triggers a flush."),

@@ -33,7 +33,9 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Fetch
     for (ti, t) in req.topics.iter().enumerate() {
         // From v13 topics are named by id (and the answer carries the id, not the name).
         names.push((t.topic.clone(), t.topic_id));
-        let topic = if version >= 13 {
+        let topic = if shard.sends_clients_away() {
+            Err(Error::Draining)
+        } else if version >= 13 {
             resolve_id(shard, &t.topic_id).await
         } else {
             resolve(shard, &t.topic.0, false).await.map_err(|_| Error::UnknownTopicOrPartition)

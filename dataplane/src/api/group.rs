@@ -1,5 +1,6 @@
 //! Group APIs. FindCoordinator is answered here: every data plane fronts the one coordinator in
-//! the control plane, so the coordinator a client is told about is the data plane it asked. The
+//! the control plane, so the coordinator a client is told about is a data plane of its zone,
+//! picked per group by the same weighted rendezvous hashing as partition leaders. The
 //! other group APIs ([`sluice_rpc::forward::GROUP_APIS`]) travel undecoded to the control plane
 //! and its answer comes back as the response body; when the control plane cannot be reached
 //! the client gets COORDINATOR_NOT_AVAILABLE and looks the coordinator up again, as with Kafka.
@@ -11,7 +12,7 @@ use crate::shard::{Shard, RPC_TIMEOUT};
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
 use kafka_protocol::messages::{ApiKey, BrokerId};
-use sluice_rpc::{body::Body, forward, KafkaRequest};
+use sluice_rpc::{body::Body, forward, routing, Broker, KafkaRequest};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -31,10 +32,11 @@ const KEY_TYPE_TRANSACTION: i8 = 1;
 /// only bounds a lost answer.
 const LONG_CALL: Duration = Duration::from_secs(30 * 60);
 
-pub async fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
-    let host = sb(&shard.cfg.advertised_host);
-    let port = i32::from(shard.cfg.listen.port());
-    let node = BrokerId(shard.cfg.node_id);
+pub async fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16, zone: Option<&str>) -> FindCoordinatorResponse {
+    let serving = shard.serving(zone);
+    let candidates: Vec<&Broker> = serving.iter().collect();
+    let me = shard.me();
+    let coordinator = |key: &str| routing::pick(&candidates, routing::name_key(key.as_bytes())).unwrap_or(&me);
     let (error, message) = match req.key_type {
         KEY_TYPE_GROUP => (0, None),
         KEY_TYPE_TRANSACTION => (TRANSACTIONS_REFUSED, Some(sb("Transactions are not supported by Sluice"))),
@@ -43,7 +45,8 @@ pub async fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, ve
     if version < 4 {
         let resp = FindCoordinatorResponse::default().with_error_code(error);
         if error == 0 {
-            return resp.with_node_id(node).with_host(host).with_port(port);
+            let c = coordinator(&req.key);
+            return resp.with_node_id(BrokerId(c.node_id)).with_host(sb(&c.host)).with_port(c.port);
         }
         let resp = resp.with_node_id(BrokerId(-1));
         return if version >= 1 { resp.with_error_message(message) } else { resp };
@@ -52,10 +55,16 @@ pub async fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, ve
         .coordinator_keys
         .into_iter()
         .map(|key| {
-            let c = Coordinator::default().with_key(key).with_error_code(error);
             if error == 0 {
-                c.with_node_id(node).with_host(host.clone()).with_port(port)
+                let b = coordinator(&key);
+                Coordinator::default()
+                    .with_error_code(0)
+                    .with_node_id(BrokerId(b.node_id))
+                    .with_host(sb(&b.host))
+                    .with_port(b.port)
+                    .with_key(key)
             } else {
+                let c = Coordinator::default().with_key(key).with_error_code(error);
                 c.with_node_id(BrokerId(-1)).with_error_message(message.clone())
             }
         })

@@ -1,5 +1,10 @@
 //! Metadata: brokers and topics, creating topics on first mention when
 //! `auto.create.topics.enable` is on and the client allows it.
+//!
+//! The brokers a client is shown are the data planes of the zone its `client.id` names (all of
+//! them when it names none, or none are there), and each partition's leader is the one of them
+//! that rendezvous hashing weighted by cores picks ([`sluice_rpc::routing`]); any data plane
+//! serves any partition, so the leader only spreads clients by capacity.
 
 use super::sb;
 use crate::error::Error;
@@ -11,21 +16,28 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, TopicName};
-use sluice_rpc::{body::Body, NewTopic};
+use sluice_rpc::{body::Body, routing, Broker, NewTopic};
 use std::rc::Rc;
 
 use sluice_rpc::acl;
 
-pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
-    let node = shard.cfg.node_id;
+pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16, zone: Option<&str>) -> MetadataResponse {
+    let serving = shard.serving(zone);
+    let leaders =
+        Leaders { brokers: serving.iter().collect(), epoch: if version >= 7 { shard.meta.borrow().generation.max(0) } else { -1 } };
     // v8+ may ask for authorized operations (the cluster's only up to v10).
     let topic_ops = acl::if_asked(version >= 8 && req.include_topic_authorized_operations, acl::TOPIC_OPS);
     let cluster_ops = acl::if_asked((8..=10).contains(&version) && req.include_cluster_authorized_operations, acl::CLUSTER_OPS);
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(node))
-        .with_host(sb(&shard.cfg.advertised_host))
-        .with_port(i32::from(shard.cfg.listen.port()))
-        .with_rack((!shard.cfg.zone.is_empty()).then(|| sb(&shard.cfg.zone)));
+    let brokers = serving
+        .iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(sb(&b.host))
+                .with_port(b.port)
+                .with_rack((!b.zone.is_empty()).then(|| sb(&b.zone)))
+        })
+        .collect();
     // v0 has no null topics: an empty list means all topics there.
     let wanted: Option<Vec<Option<String>>> = match req.topics {
         None => None,
@@ -44,7 +56,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         None => {
             let mut all: Vec<Rc<TopicMeta>> = shard.meta.borrow().topics.values().cloned().collect();
             all.sort_by(|a, b| a.name.cmp(&b.name));
-            all.iter().map(|t| describe(t, node, version, topic_ops)).collect()
+            all.iter().map(|t| describe(t, &leaders, version, topic_ops)).collect()
         }
         Some(names) => {
             let mut out = Vec::with_capacity(names.len());
@@ -58,7 +70,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                     continue;
                 };
                 out.push(match resolve(shard, &name, allow_create).await {
-                    Ok(t) => describe(&t, node, version, topic_ops),
+                    Ok(t) => describe(&t, &leaders, version, topic_ops),
                     Err(e) => MetadataResponseTopic::default()
                         .with_name(Some(TopicName(sb(&name))))
                         .with_error_code(e.code())
@@ -69,9 +81,10 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         }
     };
     // Fields a version lacks must keep their defaults, or the encoder refuses the response.
-    let mut resp = MetadataResponse::default().with_brokers(vec![broker]).with_topics(topics);
+    let controller = serving.first().map_or(shard.node_id(), |b| b.node_id);
+    let mut resp = MetadataResponse::default().with_brokers(brokers).with_topics(topics);
     if version >= 1 {
-        resp.controller_id = BrokerId(node);
+        resp.controller_id = BrokerId(controller);
     }
     if version >= 2 {
         resp.cluster_id = Some(sb(&shard.meta.borrow().cluster_id));
@@ -148,13 +161,20 @@ pub async fn resolve_id(shard: &Rc<Shard>, id: &uuid::Uuid) -> Result<Rc<TopicMe
     }
 }
 
-fn describe(t: &TopicMeta, node: i32, version: i16, ops: i32) -> MetadataResponseTopic {
+/// The data planes a client is shown and the leader epoch it is told.
+struct Leaders<'a> {
+    brokers: Vec<&'a Broker>,
+    epoch: i32,
+}
+
+fn describe(t: &TopicMeta, leaders: &Leaders, version: i16, ops: i32) -> MetadataResponseTopic {
     let partitions = (0..t.streams.len() as i32)
         .map(|p| {
+            let node = routing::pick(&leaders.brokers, routing::partition_key(t.topic_id.as_u128(), p)).map_or(-1, |b| b.node_id);
             MetadataResponsePartition::default()
                 .with_partition_index(p)
                 .with_leader_id(BrokerId(node))
-                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                .with_leader_epoch(leaders.epoch)
                 .with_replica_nodes(vec![BrokerId(node)])
                 .with_isr_nodes(vec![BrokerId(node)])
         })

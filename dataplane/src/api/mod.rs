@@ -196,7 +196,11 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request, conn: Rc<ConnContext>, m
             run!(fetch::handle)
         }
         ApiKey::ListOffsets => run!(list_offsets::handle),
-        ApiKey::Metadata => run!(metadata::handle),
+        ApiKey::Metadata => {
+            let Some(body) = decode(&mut req) else { return Reply::Close };
+            let resp = metadata::handle(&shard, body, v, conn.zone().as_deref()).await;
+            encode(&req, v, &resp)
+        }
         ApiKey::CreateTopics => run!(admin::create_topics),
         ApiKey::DeleteTopics => run!(admin::delete_topics),
         ApiKey::CreatePartitions => run!(admin::create_partitions),
@@ -206,7 +210,11 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request, conn: Rc<ConnContext>, m
         ApiKey::DeleteRecords => run!(delete_records::handle),
         ApiKey::DescribeCluster => run!(describe_cluster::handle),
         ApiKey::InitProducerId => run!(init_producer_id::handle),
-        ApiKey::FindCoordinator => run!(group::find_coordinator),
+        ApiKey::FindCoordinator => {
+            let Some(body) = decode(&mut req) else { return Reply::Close };
+            let resp = group::find_coordinator(&shard, body, v, conn.zone().as_deref()).await;
+            encode(&req, v, &resp)
+        }
         other => {
             tracing::warn!(api = ?other, "unsupported API; closing connection");
             Reply::Close

@@ -81,6 +81,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16, mut tu
         // From v13 topics are named by id (and the answer carries the id, not the name).
         let topic = match (acks_valid, version >= 13) {
             (false, _) => Err(Error::InvalidRequiredAcks),
+            _ if shard.sends_clients_away() => Err(Error::Draining),
             (true, true) => resolve_id(shard, &t.topic_id).await,
             (true, false) => resolve(shard, &t.name.0, false).await.map_err(|_| Error::UnknownTopicOrPartition),
         };
