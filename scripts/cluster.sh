@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # The diskless way to run Sluice on one machine: etcd, an S3-compatible server, two control
-# planes (one leads, one stands by) and DATAPLANES data planes on loopback. Data planes keep
-# their WAL objects in S3 and nothing on disk; control planes keep their metadata in etcd.
-# Ctrl-C stops everything. Builds the binaries first.
+# planes (one leads, one stands by) and ZONES x DATAPLANES_PER_ZONE data planes on loopback,
+# each told its zone (zones are named a, b, c, ...). Data planes keep their WAL objects in S3
+# and nothing on disk; control planes keep their metadata in etcd. Prints a bootstrap address
+# per zone and the client.id that keeps a client in it. Ctrl-C stops everything (each data
+# plane drains first). Builds the binaries first.
 #
-#   scripts/cluster.sh                     # 2 data planes
-#   DATAPLANES=3 CORES=1 scripts/cluster.sh
+#   scripts/cluster.sh                                   # 1 zone, 2 data planes of 1 core
+#   ZONES=2 DATAPLANES_PER_ZONE=2 CORES=1 scripts/cluster.sh
+#   DATAPLANES=3 scripts/cluster.sh                      # = ZONES=1 DATAPLANES_PER_ZONE=3
+#
+# The status page of the leading control plane is printed too (STATUS_PORT, default 9095).
 #
 # Data (etcd's, the bucket's, logs) goes to a temp dir, printed at start.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
-DATAPLANES="${DATAPLANES:-2}"
+ZONES="${ZONES:-1}"
+DATAPLANES_PER_ZONE="${DATAPLANES_PER_ZONE:-${DATAPLANES:-2}}"
 CORES="${CORES:-1}"
+STATUS_PORT="${STATUS_PORT:-9095}"
+for v in ZONES DATAPLANES_PER_ZONE CORES; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "$v=${!v}: must be a positive number" >&2; exit 2; }
+done
+(( ZONES <= 26 )) || { echo "ZONES=$ZONES: at most 26 (zones are named a..z)" >&2; exit 2; }
 
 bash scripts/etcd.sh --install
 bash scripts/s3-server.sh --install
@@ -56,25 +67,39 @@ CPS=()
 for i in 1 2; do
     port="$(free_port)"
     CPS+=("127.0.0.1:$port")
+    # Each control plane serves /metrics and the status page; the leader's answers.
+    status=$((STATUS_PORT + i - 1))
     "$BIN/sluice-controlplane" --metadata "$META" --data-dir "$RUN/cp$i" --rpc-listen "127.0.0.1:$port" \
+        --metrics-listen "127.0.0.1:$status" \
         --object-store s3://sluice/wal --s3-endpoint "http://127.0.0.1:$S3_PORT" >"$RUN/controlplane$i.log" 2>&1 &
     pids+=($!)
     wait_port "$port"
 done
 CONTROLPLANES="$(IFS=,; echo "${CPS[*]}")"
 
-BOOTSTRAP=()
-for i in $(seq 1 "$DATAPLANES"); do
-    port="$(free_port)"
-    BOOTSTRAP+=("127.0.0.1:$port")
-    "$BIN/sluice-dataplane" --node-id "$i" --cores "$CORES" --data-dir "$RUN/dp$i" --controlplane "$CONTROLPLANES" \
-        --listen "127.0.0.1:$port" --object-store s3://sluice/wal --s3-endpoint "http://127.0.0.1:$S3_PORT" \
-        >"$RUN/dataplane$i.log" 2>&1 &
-    pids+=($!)
-    wait_port "$port"
+declare -A BOOTSTRAP
+n=0
+for z in $(seq 0 $((ZONES - 1))); do
+    zone="$(printf "\\$(printf '%03o' $((97 + z)))")"
+    for _ in $(seq 1 "$DATAPLANES_PER_ZONE"); do
+        n=$((n + 1))
+        port="$(free_port)"
+        BOOTSTRAP[$zone]="${BOOTSTRAP[$zone]:+${BOOTSTRAP[$zone]},}127.0.0.1:$port"
+        # No --node-id: the control plane assigns each data plane the lowest free one.
+        "$BIN/sluice-dataplane" --zone "$zone" --cores "$CORES" --data-dir "$RUN/dp$n" --controlplane "$CONTROLPLANES" \
+            --listen "127.0.0.1:$port" --object-store s3://sluice/wal --s3-endpoint "http://127.0.0.1:$S3_PORT" \
+            >"$RUN/dataplane$n.log" 2>&1 &
+        pids+=($!)
+        wait_port "$port"
+    done
 done
 
 echo "sluice cluster up: etcd 127.0.0.1:$ETCD_PORT, S3 http://127.0.0.1:$S3_PORT (bucket sluice), control planes $CONTROLPLANES"
-echo "bootstrap: $(IFS=,; echo "${BOOTSTRAP[*]}")   (logs in $RUN; Ctrl-C stops all)"
+echo "status page: http://127.0.0.1:$STATUS_PORT/ (or :$((STATUS_PORT + 1)) when the second control plane leads)"
+for z in $(seq 0 $((ZONES - 1))); do
+    zone="$(printf "\\$(printf '%03o' $((97 + z)))")"
+    echo "zone $zone: bootstrap ${BOOTSTRAP[$zone]}   client.id zone_id=$zone   (e.g. kcat -b ${BOOTSTRAP[$zone]%%,*} -X client.id=zone_id=$zone -L)"
+done
+echo "logs in $RUN; Ctrl-C stops all"
 wait -n "${pids[@]}" || true
 echo "a process exited; see $RUN" >&2

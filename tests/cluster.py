@@ -452,15 +452,18 @@ class Sluice:
             raise ProcessDied("\n".join(problems))
 
     def stop(self):
-        for proc in (*[d.proc for d in self.dataplanes], self.dp, self.cp):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        # Every data plane at once (a draining one waits for its clients to move to the others,
+        # up to its --drain-timeout-ms), then the control plane.
+        for group in ([*[d.proc for d in self.dataplanes], self.dp], [self.cp]):
+            running = [p for p in group if p is not None and p.poll() is None]
+            for proc in running:
+                proc.send_signal(signal.SIGTERM)
+            for proc in running:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
         if self.rest_catalog is not None:
             self.rest_catalog.stop()
 

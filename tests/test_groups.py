@@ -497,8 +497,8 @@ def second_dataplane(sluice):
         wait_until(ready, 60, what="the second data plane")
         yield listen
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        proc.terminate()  # it drains: up to --drain-timeout-ms while clients are still connected
+        proc.wait(timeout=30)
         log.close()
 
 

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 /// How often the first shard looks at every shard's connections and requests while draining.
 const POLL: Duration = Duration::from_millis(20);
+/// Signals this soon after the first are taken as the same request to drain.
+const ECHO: Duration = Duration::from_secs(1);
 /// How long the control plane gets to take the leave.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most time spent answering what is in flight once the drain timeout has passed.
@@ -36,7 +38,8 @@ pub fn signal_socket() -> std::io::Result<UnixStream> {
 }
 
 /// Waits for the signal on the first shard, then drains and exits. A second signal while
-/// draining exits at once.
+/// draining exits at once, unless it came within [`ECHO`] of the first (Ctrl-C in a terminal
+/// signals the whole process group, and a supervising script then sends its own SIGTERM).
 #[allow(unsafe_code)]
 pub async fn watch(shard: Rc<Shard>, socket: UnixStream) {
     // SAFETY: the descriptor is an open Unix stream socket whose ownership moves to glommio's
@@ -46,8 +49,13 @@ pub async fn watch(shard: Rc<Shard>, socket: UnixStream) {
     if socket.read(&mut byte).await.is_err() {
         return;
     }
+    let first = Instant::now();
     let drain = glommio::spawn_local(drain(shard));
-    let _ = socket.read(&mut byte).await;
+    loop {
+        if socket.read(&mut byte).await.is_err() || first.elapsed() >= ECHO {
+            break;
+        }
+    }
     tracing::warn!("second signal while draining: exiting now");
     drop(drain);
     std::process::exit(1);
