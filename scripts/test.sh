@@ -43,6 +43,10 @@ if ! command -v kcat >/dev/null 2>&1; then
     log "installing kcat"
     apt_install kcat
 fi
+if ! command -v chromium >/dev/null 2>&1; then
+    log "installing chromium (the status page test renders the page in headless Chromium)"
+    apt_install chromium
+fi
 if ! command -v protoc >/dev/null 2>&1; then
     log "installing protobuf-compiler (etcd-client's build compiles etcd's protocol)"
     apt_install protobuf-compiler

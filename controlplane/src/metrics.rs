@@ -1,5 +1,10 @@
-//! The control plane's Prometheus `/metrics` endpoint: values read at each scrape, exposed by
-//! prometheus-client and served over HTTP/1.1 by hyper.
+//! The control plane's HTTP listener (`--metrics-listen`), served over HTTP/1.1 by hyper: the
+//! Prometheus `/metrics` endpoint, values read at each scrape and exposed by prometheus-client,
+//! and the operator's status page (`/`, `/status`, `/status.json`: see [`status`]).
+
+// The status page's own file beside this one (the only place it is served from).
+#[path = "status.rs"]
+mod status;
 
 use crate::controller::Controller;
 use crate::groups::Coordinator;
@@ -84,20 +89,37 @@ async fn render<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
     out
 }
 
-/// Serves `GET /metrics` until the listener fails.
+/// Serves `GET /metrics`, the status page and its data until the listener fails.
 pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<M>, groups: Arc<Coordinator<M>>) {
+    let sizes = Arc::new(status::Sizes::default());
     while let Ok((sock, _)) = listener.accept().await {
-        let (ctl, groups) = (ctl.clone(), groups.clone());
+        let (ctl, groups, sizes) = (ctl.clone(), groups.clone(), sizes.clone());
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let (ctl, groups) = (ctl.clone(), groups.clone());
+            let (ctl, groups, sizes) = (ctl.clone(), groups.clone(), sizes.clone());
             async move {
-                if req.method() == Method::GET && matches!(req.uri().path(), "/metrics" | "/") {
-                    Response::builder()
-                        .header(hyper::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
-                        .body(Full::new(Bytes::from(render(&ctl, &groups).await)))
-                } else {
-                    Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"try /metrics\n")))
-                }
+                let (content_type, body) = match (req.method(), req.uri().path()) {
+                    (&Method::GET, "/metrics") => {
+                        ("application/openmetrics-text; version=1.0.0; charset=utf-8", Bytes::from(render(&ctl, &groups).await))
+                    }
+                    (&Method::GET, "/" | "/status") => ("text/html; charset=utf-8", Bytes::from_static(status::PAGE.as_bytes())),
+                    (&Method::GET, "/status.json") => {
+                        ("application/json", Bytes::from(status::render(&ctl, &groups, &sizes).await.to_string()))
+                    }
+                    _ => {
+                        return Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"try /metrics or /status\n")));
+                    }
+                };
+                Response::builder()
+                    .header(hyper::header::CONTENT_TYPE, content_type)
+                    .header(hyper::header::CACHE_CONTROL, "no-store")
+                    // The page loads nothing from anywhere but its own /status.json.
+                    .header(
+                        hyper::header::CONTENT_SECURITY_POLICY,
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                    )
+                    .body(Full::new(body))
             }
         });
         tokio::spawn(async move {
