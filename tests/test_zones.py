@@ -171,10 +171,21 @@ def test_join_and_leave_move_only_their_share(sluice_factory):
     wait_until(lambda: len(leaders(sluice.bootstrap, topic, "x")[0]) == 3, 30, what="three data planes")
     _, before = leaders(sluice.bootstrap, topic, "x")
 
-    joining = sluice.add_dataplane(cores=1)
+    # A client running from before the join starts using the new data plane at its next metadata
+    # refresh.
+    running = producer(sluice.bootstrap, **{"topic.metadata.refresh.interval.ms": 1000})
+    args = metrics_args()
+    joining = sluice.add_dataplane(cores=1, args=args)
     wait_until(lambda: len(leaders(sluice.bootstrap, topic, "x")[0]) == 4, 30, what="the fourth data plane")
     _, after = leaders(sluice.bootstrap, topic, "x")
     new = next(iter(node_ids_by_bootstrap(sluice.bootstrap, [joining.bootstrap])))
+
+    def produced_through_new():
+        for p in range(partitions):
+            running.produce(topic, value=b"x", partition=p)
+        assert running.flush(30) == 0
+        return counter(scrape(metrics_addr(args)), "sluice_produce_requests", shard="0") > 0
+    wait_until(produced_through_new, 30, interval=0.5, what="the running producer to use the new data plane")
     moved = [p for p in before if before[p] != after[p]]
     print(f"join: {len(moved)} of {partitions} partitions changed leader (the joining data plane's share: "
           f"{partitions // 4})")
@@ -188,6 +199,24 @@ def test_join_and_leave_move_only_their_share(sluice_factory):
     print(f"leave: {len(back)} of {partitions} partitions changed leader")
     assert sorted(back) == sorted(moved) and left == before
     assert all(dp.proc.poll() is None for dp in planes)
+
+
+def test_a_silent_data_plane_leaves_and_comes_back(sluice):
+    """A data plane that stops answering without closing its connections (a hung or cut-off host:
+    SIGSTOP) leaves the cluster once the control plane has not heard from it for 10 s; resumed,
+    it registers again under its node id."""
+    other = sluice.add_dataplane()
+    ids = lambda: set(admin(sluice.bootstrap).list_topics(timeout=10).brokers)  # noqa: E731
+    wait_until(lambda: len(ids()) == 2, 30, what="two data planes")
+    before = ids()
+    other.proc.send_signal(signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        wait_until(lambda: len(ids()) == 1, 40, interval=0.2, what="the silent data plane to leave")
+        print(f"a silent data plane left the cluster {time.monotonic() - stopped:.1f} s after it stopped")
+    finally:
+        other.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: ids() == before, 40, interval=0.2, what="the data plane to come back under its node id")
 
 
 def test_a_second_data_plane_with_a_taken_node_id_is_refused(sluice):
@@ -303,6 +332,8 @@ def test_rolling_restart_with_new_cores(sluice_factory):
         traffic.finish()
     assert traffic.errors == [], traffic.errors[:10]
     assert traffic.unflushed == 0
+    drains = [int(m) for log in (sluice.dp_log, other.log) for m in re.findall(r"drained; exiting elapsed_ms=(\d+)", log.read_text())]
+    print(f"rolling restart: each data plane drained (its clients gone) in {drains} ms")
     assert len(traffic.acked) == len(set(traffic.acked))
     missing = set(traffic.acked) - set(traffic.consumed)
     if missing:

@@ -16,6 +16,7 @@ mod lake;
 mod meta;
 mod metrics;
 mod server;
+mod status;
 
 use clap::Parser;
 use std::path::PathBuf;

@@ -1,10 +1,6 @@
 //! The control plane's HTTP listener (`--metrics-listen`), served over HTTP/1.1 by hyper: the
 //! Prometheus `/metrics` endpoint, values read at each scrape and exposed by prometheus-client,
-//! and the operator's status page (`/`, `/status`, `/status.json`: see [`status`]).
-
-// The status page's own file beside this one (the only place it is served from).
-#[path = "status.rs"]
-mod status;
+//! and the operator's status page (`/`, `/status`, `/status.json`: see [`crate::status`]).
 
 use crate::controller::Controller;
 use crate::groups::Coordinator;
@@ -91,7 +87,7 @@ async fn render<M: MetaStore + Clone>(ctl: &Controller<M>, groups: &Coordinator<
 
 /// Serves `GET /metrics`, the status page and its data until the listener fails.
 pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<M>, groups: Arc<Coordinator<M>>) {
-    let sizes = Arc::new(status::Sizes::default());
+    let sizes = Arc::new(crate::status::Sizes::default());
     while let Ok((sock, _)) = listener.accept().await {
         let (ctl, groups, sizes) = (ctl.clone(), groups.clone(), sizes.clone());
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -101,9 +97,9 @@ pub async fn serve<M: MetaStore + Clone>(listener: TcpListener, ctl: Controller<
                     (&Method::GET, "/metrics") => {
                         ("application/openmetrics-text; version=1.0.0; charset=utf-8", Bytes::from(render(&ctl, &groups).await))
                     }
-                    (&Method::GET, "/" | "/status") => ("text/html; charset=utf-8", Bytes::from_static(status::PAGE.as_bytes())),
+                    (&Method::GET, "/" | "/status") => ("text/html; charset=utf-8", Bytes::from_static(crate::status::PAGE.as_bytes())),
                     (&Method::GET, "/status.json") => {
-                        ("application/json", Bytes::from(status::render(&ctl, &groups, &sizes).await.to_string()))
+                        ("application/json", Bytes::from(crate::status::render(&ctl, &groups, &sizes).await.to_string()))
                     }
                     _ => {
                         return Response::builder()

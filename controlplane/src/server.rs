@@ -60,6 +60,10 @@ pub async fn serve<M: MetaStore + Clone>(
     }
 }
 
+/// How long a registered data plane may stay silent (it reports every 2 s) before it counts as
+/// gone.
+const SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, groups: Arc<Coordinator<M>>) -> anyhow::Result<()> {
     let (mut rd, mut wr) = sock.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Arc<Vec<u8>>>(1024);
@@ -86,6 +90,7 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
     let mut lost = ctl.shared.store.lost_sessions();
     let mut order = ConnOrder::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut heard = tokio::time::Instant::now();
     let result = loop {
         let env = match decode_frame(&buf, MAX_FRAME) {
             Ok(Some((env, used))) => {
@@ -107,10 +112,17 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
                         session = None;
                         break Err(anyhow::anyhow!("metadata session {s} lost; the data plane must register again"));
                     }
+                    // A registered data plane reports its traffic every 2 s: one silent for
+                    // longer than SILENCE is gone (a partition, a hung host) even if no reset
+                    // or FIN ever arrives, and leaves the list.
+                    _ = tokio::time::sleep_until(heard + SILENCE), if node.is_some() => {
+                        break Err(anyhow::anyhow!("no word from data plane for {SILENCE:?}"));
+                    }
                 };
                 if read == 0 {
                     break Ok(());
                 }
+                heard = tokio::time::Instant::now();
                 continue;
             }
             Err(e) => break Err(anyhow::anyhow!(e)),
