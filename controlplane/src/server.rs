@@ -91,6 +91,9 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
     let mut order = ConnOrder::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut heard = tokio::time::Instant::now();
+    // The data plane reports its traffic (data planes before this message did not: they are
+    // not held to SILENCE, so a rolling upgrade does not cut them off).
+    let mut reports = false;
     let result = loop {
         let env = match decode_frame(&buf, MAX_FRAME) {
             Ok(Some((env, used))) => {
@@ -115,7 +118,7 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
                     // A registered data plane reports its traffic every 2 s: one silent for
                     // longer than SILENCE is gone (a partition, a hung host) even if no reset
                     // or FIN ever arrives, and leaves the list.
-                    _ = tokio::time::sleep_until(heard + SILENCE), if node.is_some() => {
+                    _ = tokio::time::sleep_until(heard + SILENCE), if node.is_some() && reports => {
                         break Err(anyhow::anyhow!("no word from data plane for {SILENCE:?}"));
                     }
                 };
@@ -147,6 +150,7 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
                 send(&out_tx, id, reply).await;
             }
             Some(Body::DataPlaneStats(stats)) => {
+                reports = true;
                 if let Some((n, instance)) = node {
                     ctl.shared.dataplanes.report(n, instance, stats);
                 }
