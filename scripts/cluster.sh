@@ -45,8 +45,13 @@ wait_port() {
 RUN="$(mktemp -d -t sluice-cluster.XXXXXX)"
 export AWS_ACCESS_KEY_ID=sluice AWS_SECRET_ACCESS_KEY=sluice-secret-key
 pids=()
+dps=()
 stop() {
     trap - INT TERM EXIT
+    # Data planes first, each draining (leaving the list, finishing what is in flight) while
+    # the control planes, etcd and S3 it needs are still up; then the rest, newest first.
+    for p in "${dps[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${dps[@]}"; do wait "$p" 2>/dev/null || true; done
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
     echo "cluster stopped (logs in $RUN)"
@@ -54,10 +59,10 @@ stop() {
 trap stop INT TERM EXIT
 
 ETCD_PORT="$(free_port)"
-bash scripts/etcd.sh "$ETCD_PORT" >"$RUN/etcd.log" 2>&1 &
+setsid bash scripts/etcd.sh "$ETCD_PORT" >"$RUN/etcd.log" 2>&1 &
 pids+=($!)
 S3_PORT="$(free_port)"
-bash scripts/s3-server.sh "$S3_PORT" >"$RUN/s3.log" 2>&1 &
+setsid bash scripts/s3-server.sh "$S3_PORT" >"$RUN/s3.log" 2>&1 &
 pids+=($!)
 wait_port "$ETCD_PORT"
 wait_port "$S3_PORT"
@@ -69,7 +74,7 @@ for i in 1 2; do
     CPS+=("127.0.0.1:$port")
     # Each control plane serves /metrics and the status page; the leader's answers.
     status=$((STATUS_PORT + i - 1))
-    "$BIN/sluice-controlplane" --metadata "$META" --data-dir "$RUN/cp$i" --rpc-listen "127.0.0.1:$port" \
+    setsid "$BIN/sluice-controlplane" --metadata "$META" --data-dir "$RUN/cp$i" --rpc-listen "127.0.0.1:$port" \
         --metrics-listen "127.0.0.1:$status" \
         --object-store s3://sluice/wal --s3-endpoint "http://127.0.0.1:$S3_PORT" >"$RUN/controlplane$i.log" 2>&1 &
     pids+=($!)
@@ -86,10 +91,12 @@ for z in $(seq 0 $((ZONES - 1))); do
         port="$(free_port)"
         BOOTSTRAP[$zone]="${BOOTSTRAP[$zone]:+${BOOTSTRAP[$zone]},}127.0.0.1:$port"
         # No --node-id: the control plane assigns each data plane the lowest free one.
-        "$BIN/sluice-dataplane" --zone "$zone" --cores "$CORES" --data-dir "$RUN/dp$n" --controlplane "$CONTROLPLANES" \
+        # Its own session, so Ctrl-C here reaches this script only, which stops it in order.
+        setsid "$BIN/sluice-dataplane" --zone "$zone" --cores "$CORES" --data-dir "$RUN/dp$n" --controlplane "$CONTROLPLANES" \
             --listen "127.0.0.1:$port" --object-store s3://sluice/wal --s3-endpoint "http://127.0.0.1:$S3_PORT" \
             >"$RUN/dataplane$n.log" 2>&1 &
         pids+=($!)
+        dps+=($!)
         wait_port "$port"
     done
 done

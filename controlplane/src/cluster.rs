@@ -23,15 +23,20 @@ use std::time::{Duration, Instant};
 pub const REFRESH: Duration = Duration::from_secs(1);
 
 /// The registered data planes and their traffic.
+#[derive(Default)]
 pub struct DataPlanes {
     inner: Mutex<Inner>,
+    /// Held across a refresh's read of the store and its update, so an older read is never
+    /// applied after a newer one.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
 struct Inner {
     /// As last read from the store, in node id order.
     brokers: Vec<Broker>,
-    /// Leader epoch clients are told: grows with every change of `brokers`.
+    /// Leader epoch clients are told: grows with every change of `brokers`, kept in the store
+    /// (so it grows across control planes too); 0 until this control plane read it.
     generation: i32,
     /// By node id: the latest report and the rates since the one before.
     traffic: HashMap<i32, Traffic>,
@@ -49,19 +54,6 @@ pub struct Traffic {
     at: Option<Instant>,
 }
 
-impl Default for DataPlanes {
-    fn default() -> Self {
-        DataPlanes { inner: Mutex::new(Inner { generation: clock_generation(), ..Default::default() }) }
-    }
-}
-
-/// A generation from the clock (tenths of a second since 2025), so a control plane taking over
-/// starts above anything the one before it handed out.
-fn clock_generation() -> i32 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() / 100;
-    i32::try_from(since.saturating_sub(17_356_896_000)).unwrap_or(i32::MAX)
-}
-
 impl DataPlanes {
     /// The registered data planes and the generation of that list.
     pub fn brokers(&self) -> Brokers {
@@ -69,17 +61,18 @@ impl DataPlanes {
         Brokers { brokers: inner.brokers.clone(), generation: inner.generation }
     }
 
-    /// Takes a list read from the store; returns the notification to push when it changed.
-    fn update(&self, mut brokers: Vec<Broker>) -> Option<Brokers> {
-        brokers.sort_by_key(|b| b.node_id);
+    /// Whether a list read from the store differs from the one held.
+    fn changed(&self, brokers: &[Broker]) -> bool {
+        self.inner.lock().expect("poisoned").brokers != brokers
+    }
+
+    /// Takes a list read from the store and its generation; returns the notification to push.
+    fn update(&self, brokers: Vec<Broker>, generation: i32) -> Brokers {
         let mut inner = self.inner.lock().expect("poisoned");
-        if inner.brokers == brokers {
-            return None;
-        }
-        inner.generation = (inner.generation + 1).max(clock_generation());
+        inner.generation = generation;
         inner.traffic.retain(|id, t| brokers.iter().any(|b| b.node_id == *id && b.instance == t.instance));
         inner.brokers = brokers;
-        Some(Brokers { brokers: inner.brokers.clone(), generation: inner.generation })
+        Brokers { brokers: inner.brokers.clone(), generation }
     }
 
     /// Notes a data plane's report.
@@ -108,16 +101,29 @@ impl DataPlanes {
     }
 }
 
-/// Reads the registered data planes from the store and, when they changed, pushes the new list
-/// to every data plane.
+/// Reads the registered data planes from the store and, when they changed, counts a new
+/// generation in the store and pushes the list to every data plane.
 pub async fn refresh<M: MetaStore + Clone>(shared: &crate::controller::Shared<M>) -> Result<(), MetaError> {
+    let _one_at_a_time = shared.dataplanes.refreshing.lock().await;
     let (a, b) = keys::brokers();
     let rows = shared.store.range(&a, &b, usize::MAX).await?;
-    let list = rows.into_iter().filter_map(|(_, v)| Broker::decode(v.value).ok()).collect();
-    if let Some(note) = shared.dataplanes.update(list) {
-        let frame = sluice_rpc::encode_frame(&Envelope { request_id: 0, body: Some(Body::Brokers(note)) });
-        let _ = shared.notify.send(std::sync::Arc::new(frame));
+    let mut list: Vec<Broker> = rows.into_iter().filter_map(|(_, v)| Broker::decode(v.value).ok()).collect();
+    list.sort_by_key(|b| b.node_id);
+    if !shared.dataplanes.changed(&list) {
+        return Ok(());
     }
+    let key = keys::broker_generation();
+    let held = shared.store.get(&key).await?;
+    let stored = held.as_ref().and_then(|v| v.value.as_ref().try_into().ok()).map_or(0, i32::from_be_bytes);
+    let generation = stored.saturating_add(1);
+    let cond = match held {
+        Some(v) => Cond::Version(key.clone(), v.version),
+        None => Cond::Absent(key.clone()),
+    };
+    shared.store.write(vec![cond], vec![Op::Put(key, Bytes::copy_from_slice(&generation.to_be_bytes()))]).await?;
+    let note = shared.dataplanes.update(list, generation);
+    let frame = sluice_rpc::encode_frame(&Envelope { request_id: 0, body: Some(Body::Brokers(note)) });
+    let _ = shared.notify.send(std::sync::Arc::new(frame));
     Ok(())
 }
 
@@ -191,17 +197,12 @@ pub async fn release<M: MetaStore + Clone>(shared: &crate::controller::Shared<M>
     Ok(())
 }
 
-/// The lowest node id (from 1) no registered data plane holds.
+/// The lowest node id (from 1) no registered data plane holds (read from the keys, so one whose
+/// value does not decode still counts as held).
 async fn lowest_free<M: MetaStore + Clone>(shared: &crate::controller::Shared<M>) -> Result<i32, MetaError> {
     let (a, b) = keys::brokers();
-    let mut held: Vec<i32> = shared
-        .store
-        .range(&a, &b, usize::MAX)
-        .await?
-        .into_iter()
-        .filter_map(|(_, v)| Broker::decode(v.value).ok())
-        .map(|b| b.node_id)
-        .collect();
+    let rows = shared.store.range(&a, &b, usize::MAX).await?;
+    let mut held: Vec<i32> = rows.iter().filter_map(|(k, _)| k.strip_prefix(a.as_str()).and_then(|id| id.parse().ok())).collect();
     held.sort_unstable();
     let mut id = 1;
     for h in held {

@@ -63,7 +63,6 @@ struct Args {
     /// Heartbeat interval of KIP-848 consumer group members (`group.consumer.heartbeat.interval.ms`).
     #[arg(long, env = "SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
     group_consumer_heartbeat_interval_ms: u64,
-    /// Log filter (tracing EnvFilter syntax).
     /// How often retention (each topic's `retention.ms` and `retention.bytes`) moves log start
     /// offsets forward, in milliseconds.
     #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -122,6 +121,7 @@ struct Args {
     /// whose commit never came) becomes garbage once this old, in milliseconds.
     #[arg(long, env = "SLUICE_ORPHAN_GRACE_MS", default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(1..))]
     orphan_grace_ms: u64,
+    /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
 }

@@ -68,14 +68,18 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
     let (mut rd, mut wr) = sock.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Arc<Vec<u8>>>(1024);
     let mut notes = ctl.shared.notify.subscribe();
+    let shared = ctl.shared.clone();
     let writer = tokio::spawn(async move {
         loop {
             let frame = tokio::select! {
                 f = out_rx.recv() => match f { Some(f) => f, None => break },
                 n = notes.recv() => match n {
                     Ok(f) => f,
-                    // A slow data plane missed notifications; it re-reads watermarks on demand.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    // A slow data plane missed notifications; it re-reads watermarks on demand,
+                    // but the list of data planes is only pushed on a change: send it again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        Arc::new(encode_frame(&Envelope { request_id: 0, body: Some(Body::Brokers(shared.dataplanes.brokers())) }))
+                    }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
             };
@@ -91,17 +95,21 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
     let mut order = ConnOrder::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut heard = tokio::time::Instant::now();
-    // The data plane reports its traffic (data planes before this message did not: they are
-    // not held to SILENCE, so a rolling upgrade does not cut them off).
+    // The data plane said it reports its traffic (data planes from before that message do not:
+    // they are not held to SILENCE, so a rolling upgrade does not cut them off).
     let mut reports = false;
     let result = loop {
         let env = match decode_frame(&buf, MAX_FRAME) {
             Ok(Some((env, used))) => {
                 let _ = buf.split_to(used);
+                heard = tokio::time::Instant::now();
                 env
             }
             Ok(None) => {
                 let read = tokio::select! {
+                    // What the data plane sent first: after a stall of this loop (a slow
+                    // store), a frame that waits is not taken for silence.
+                    biased;
                     // An error ends the loop like EOF does (not `?`, which would skip closing
                     // the session below: a data plane killed mid-connection, whose socket is
                     // reset, would stay registered).
@@ -133,6 +141,7 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
         let id = env.request_id;
         match env.body {
             Some(Body::Register(r)) => {
+                reports = r.reports_every_ms > 0 && u64::from(r.reports_every_ms) * 3 < SILENCE.as_millis() as u64;
                 let reply = register(&ctl, &groups, r, &mut session, &mut node).await;
                 send(&out_tx, id, reply).await;
             }
@@ -150,7 +159,6 @@ async fn connection<M: MetaStore + Clone>(sock: TcpStream, ctl: Controller<M>, g
                 send(&out_tx, id, reply).await;
             }
             Some(Body::DataPlaneStats(stats)) => {
-                reports = true;
                 if let Some((n, instance)) = node {
                     ctl.shared.dataplanes.report(n, instance, stats);
                 }
@@ -283,8 +291,8 @@ async fn register<M: MetaStore + Clone>(
         return failed(&Error::Malformed(format!("protocol version {} unsupported", r.protocol_version)));
     }
     // A data plane registers once, on its first shard's connection; its other shards only
-    // receive the cluster's state.
-    let node_id = if r.shard == 0 {
+    // receive the cluster's state, and so does a draining data plane connecting again.
+    let node_id = if r.shard == 0 && !r.leaving {
         let store = &ctl.shared.store;
         let s = match session {
             Some(s) => *s,
@@ -466,6 +474,8 @@ mod tests {
             instance: node_id as u64,
             assigned: false,
             started_ms: 0,
+            leaving: false,
+            reports_every_ms: 0,
         }
     }
 

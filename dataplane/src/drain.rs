@@ -63,11 +63,17 @@ pub async fn watch(shard: Rc<Shard>, socket: UnixStream) {
 
 async fn drain(shard: Rc<Shard>) {
     let started = Instant::now();
+    if shard.node_id() < 0 || shard.meta.borrow().cluster_id.is_empty() {
+        // Not serving yet (no control plane answered): nothing to hand over.
+        tracing::info!("stopping before joining the cluster");
+        std::process::exit(0);
+    }
     tracing::info!(node = shard.node_id(), timeout_ms = shard.cfg.drain_timeout.as_millis() as u64, "draining: leaving the cluster");
     for peer in 0..shard.cfg.cores {
         let _ = shard
             .on_owner(peer, |s| async move {
                 s.draining.set(true);
+                s.rpc.leaving.set(true);
                 s.drain_started.notify_all();
             })
             .await;

@@ -50,6 +50,8 @@ pub struct RpcClient {
     resend: RefCell<BTreeMap<u64, Vec<u8>>>,
     /// The node id a control plane assigned this data plane, asked for again on reconnecting.
     assigned: Cell<Option<i32>>,
+    /// The data plane is draining: a new connection must not list it again.
+    pub leaving: Cell<bool>,
 }
 
 impl RpcClient {
@@ -69,6 +71,7 @@ impl RpcClient {
             refused: Cell::new(false),
             resend: RefCell::default(),
             assigned: Cell::new(None),
+            leaving: Cell::new(false),
         })
     }
 
@@ -227,6 +230,7 @@ impl RpcClient {
             if let Some(id) = self.assigned.get() {
                 (this.node_id, this.assigned) = (id, true);
             }
+            this.leaving = self.leaving.get();
             match self.send(Body::Register(this), Duration::from_secs(10)).await {
                 Ok(Body::Registered(r)) => {
                     self.refused.set(false);

@@ -57,7 +57,9 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>, signals: Signal
         parts,
         store,
         metrics,
-        node: Cell::new(cfg.node_id.unwrap_or(sluice_rpc::ASSIGN_NODE_ID)),
+        // Known once the first shard's registration is accepted (and handed to the others), so
+        // no shard serves under a node id the control plane refused.
+        node: Cell::new(-1),
         draining: Cell::new(false),
         traffic: Default::default(),
         drain_started: Default::default(),
@@ -66,7 +68,7 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>, signals: Signal
     let (ev_tx, ev_rx) = local_channel::new_bounded(1024);
     let register = Register {
         protocol_version: sluice_rpc::PROTOCOL_VERSION,
-        node_id: shard.node_id(),
+        node_id: shard.cfg.node_id.unwrap_or(sluice_rpc::ASSIGN_NODE_ID),
         zone: shard.cfg.zone.clone(),
         host: shard.cfg.advertised_host.clone(),
         port: i32::from(shard.cfg.listen.port()),
@@ -75,6 +77,8 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>, signals: Signal
         instance: shard.cfg.instance,
         assigned: false,
         started_ms: shard.cfg.started_ms,
+        leaving: false,
+        reports_every_ms: STATS_EVERY.as_millis() as u32,
     };
     glommio::spawn_local(rpc.run(register, Rc::new(ev_tx))).detach();
     let s = shard.clone();
@@ -92,6 +96,12 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>, signals: Signal
             }
         })
         .detach();
+    }
+    // Signals are heard from the start: one that comes before the data plane serves stops it.
+    if id == 0 {
+        if let Some(socket) = signals.lock().ok().and_then(|mut s| s.take()) {
+            glommio::spawn_local(crate::drain::watch(shard.clone(), socket)).detach();
+        }
     }
     // Serve clients only once this shard has registered, holds the cluster's metadata and knows
     // its data plane's node id: answering earlier would show clients an empty cluster (no
@@ -112,9 +122,6 @@ pub async fn run(cfg: Config, mesh: MeshBuilder<ShardMsg, Full>, signals: Signal
         }
         glommio::spawn_local(crate::gc::run(shard.clone())).detach();
         glommio::spawn_local(report_stats(shard.clone())).detach();
-        if let Some(socket) = signals.lock().ok().and_then(|mut s| s.take()) {
-            glommio::spawn_local(crate::drain::watch(shard.clone(), socket)).detach();
-        }
     }
     loop {
         if shard.draining.get() {

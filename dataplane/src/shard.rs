@@ -178,7 +178,9 @@ impl Shard {
         match ev {
             Event::Registered(r) => {
                 if self.id == 0 {
-                    self.adopt_node_id(r.node_id);
+                    // The id asked for, once accepted (a control plane from before assigned
+                    // ids answers 0 here), else the one assigned.
+                    self.adopt_node_id(self.cfg.node_id.unwrap_or(r.node_id));
                 }
                 {
                     let mut m = self.meta.borrow_mut();

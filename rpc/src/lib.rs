@@ -236,6 +236,14 @@ pub struct Register {
     /// When the data plane process started (ms since the epoch).
     #[prost(int64, tag = "10")]
     pub started_ms: i64,
+    /// The data plane is draining: it connects again (to a new control plane) only to finish
+    /// what is in flight, and must not be listed again.
+    #[prost(bool, tag = "11")]
+    pub leaving: bool,
+    /// How often the data plane reports [`DataPlaneStats`], in ms (0: never, a data plane from
+    /// before that message); one silent for much longer is taken as gone.
+    #[prost(uint32, tag = "12")]
+    pub reports_every_ms: u32,
 }
 
 /// [`Register::node_id`] asking the control plane to assign one.

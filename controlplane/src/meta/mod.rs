@@ -152,6 +152,10 @@ pub mod keys {
     pub fn broker(node_id: i32) -> String {
         format!("{ROOT}cluster/brokers/{node_id:010}")
     }
+    /// The generation of the registered data planes' list (the leader epoch clients see).
+    pub fn broker_generation() -> String {
+        format!("{ROOT}cluster/broker_generation")
+    }
     /// Prefix of every broker key.
     pub fn brokers() -> (String, String) {
         (format!("{ROOT}cluster/brokers/"), format!("{ROOT}cluster/brokers0"))

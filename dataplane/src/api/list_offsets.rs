@@ -71,7 +71,8 @@ pub async fn handle(shard: &Rc<Shard>, req: ListOffsetsRequest, version: i16) ->
                 continue;
             };
             if version >= 4 {
-                r.leader_epoch = 0;
+                // The leader epoch Metadata gives (the generation of the data planes' list).
+                r.leader_epoch = shard.meta.borrow().generation.max(0);
             }
             if min_version(p.timestamp).is_none_or(|min| version < min) {
                 parts.push(r.with_error_code(Error::UnsupportedVersion.code()));
