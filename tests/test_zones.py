@@ -99,16 +99,17 @@ def test_clients_see_only_their_zone(sluice_factory):
         brokers, _ = leaders(sluice.bootstrap, topic, client_id)
         assert brokers == want, f"client.id {client_id!r} was shown {brokers}"
 
-    # kafka-python, an independent client, tagged with zone b.
-    kp = KafkaConsumer(bootstrap_servers=planes[ZONE_A][0][0], client_id=f"zone_id={ZONE_B}")
-    try:
-        assert kp.partitions_for_topic(topic) == set(range(partitions))
-        wait_until(lambda: kp._client.cluster.brokers() and {b.node_id for b in kp._client.cluster.brokers()} == zone_ids[ZONE_B],
-                   20, what="kafka-python's view of the brokers")
-        kp_leaders = {kp._client.cluster.leader_for_partition(TopicPartitionKP(topic, p)) for p in range(partitions)}
-        assert kp_leaders <= zone_ids[ZONE_B], kp_leaders
-    finally:
-        kp.close()
+    # kafka-python, an independent client, tagged with each zone and asking the other zone.
+    for zone, other in ((ZONE_A, ZONE_B), (ZONE_B, ZONE_A)):
+        kp = KafkaConsumer(bootstrap_servers=planes[other][0][0], client_id=f"zone_id={zone}")
+        try:
+            assert kp.partitions_for_topic(topic) == set(range(partitions))
+            wait_until(lambda: kp._client.cluster.brokers() and {b.node_id for b in kp._client.cluster.brokers()} == zone_ids[zone],
+                       20, what=f"kafka-python's view of the brokers of {zone}")
+            kp_leaders = {kp._client.cluster.leader_for_partition(TopicPartitionKP(topic, p)) for p in range(partitions)}
+            assert kp_leaders <= zone_ids[zone], kp_leaders
+        finally:
+            kp.close()
 
     # DescribeCluster lists every data plane with its zone as rack, whatever the client's zone
     # (librdkafka's describe_cluster reads Metadata, so its tagged clients see their zone).
