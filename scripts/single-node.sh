@@ -25,15 +25,20 @@ BIN="$CARGO_TARGET_DIR/release"
 pids=()
 stop() {
     trap - INT TERM EXIT
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    # The data plane first (it drains: finishes what is in flight, then leaves), then the
+    # control plane it needs for that.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill "${pids[$i]}" 2>/dev/null || true
+        wait "${pids[$i]}" 2>/dev/null || true
+    done
     echo "sluice stopped"
 }
 trap stop INT TERM EXIT
 
-"$BIN/sluice-controlplane" --data-dir "$DATA_DIR" --rpc-listen "$RPC" &
+# Each in its own session, so Ctrl-C reaches this script only, which stops them in order.
+setsid "$BIN/sluice-controlplane" --data-dir "$DATA_DIR" --rpc-listen "$RPC" &
 pids+=($!)
-"$BIN/sluice-dataplane" --data-dir "$DATA_DIR" --controlplane "$RPC" --listen "$LISTEN" "$@" &
+setsid "$BIN/sluice-dataplane" --data-dir "$DATA_DIR" --controlplane "$RPC" --listen "$LISTEN" "$@" &
 pids+=($!)
 
 # Ready when the Kafka port accepts connections.
