@@ -9,6 +9,7 @@
 //! Only a partition's size is not held anywhere: [`Sizes`] measures it from the index, at a
 //! bounded cost, and keeps it.
 
+use crate::controller::gc::now_ms;
 use crate::controller::{Controller, StreamState};
 use crate::groups::Coordinator;
 use crate::meta::{MetaError, MetaStore};
@@ -16,7 +17,7 @@ use serde_json::{json, Map, Value};
 use sluice_rpc::{routing, Broker};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The page: it renders whatever `/status.json` answers.
 pub const PAGE: &str = include_str!("status.html");
@@ -190,10 +191,6 @@ async fn measure<M: MetaStore + Clone>(
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// `host:port`, with an IPv6 host in brackets.
 fn address(b: &Broker) -> String {
     if b.host.contains(':') {
@@ -206,7 +203,7 @@ fn address(b: &Broker) -> String {
 /// Bytes a data plane exchanged with clients outside its zone: those of other zones and those
 /// naming none; everything, for a data plane in no zone.
 fn cross_zone_bytes(b: &Broker, stats: &sluice_rpc::DataPlaneStats) -> u64 {
-    stats.zones.iter().filter(|z| b.zone.is_empty() || z.zone != b.zone).map(|z| z.received + z.sent).sum()
+    stats.zones.iter().filter(|z| sluice_rpc::routing::crosses(&b.zone, &z.zone)).map(|z| z.received + z.sent).sum()
 }
 
 /// What `GET /status.json` answers.

@@ -69,22 +69,19 @@ async fn drain(shard: Rc<Shard>) {
         std::process::exit(0);
     }
     tracing::info!(node = shard.node_id(), timeout_ms = shard.cfg.drain_timeout.as_millis() as u64, "draining: leaving the cluster");
-    for peer in 0..shard.cfg.cores {
-        let _ = shard
-            .on_owner(peer, |s| async move {
-                s.draining.set(true);
-                s.rpc.leaving.set(true);
-                s.drain_started.notify_all();
-            })
-            .await;
-    }
+    shard
+        .on_every(|s| async move {
+            s.draining.set(true);
+            s.rpc.leaving.set(true);
+            s.drain_started.notify_all();
+        })
+        .await;
     match shard.rpc.call(Body::Deregister(sluice_rpc::Deregister {}), LEAVE_TIMEOUT).await {
         Ok(Body::Brokers(_)) => tracing::info!("left the cluster; waiting for clients to move"),
         other => tracing::warn!(reply = ?other, "control plane did not take the leave; its session lapses instead"),
     }
     // With no other data plane to go to, clients have nowhere to move: answer and go.
-    let elsewhere = shard.meta.borrow().brokers.iter().any(|b| b.node_id != shard.node_id());
-    let deadline = started + if elsewhere { shard.cfg.drain_timeout } else { Duration::ZERO };
+    let deadline = started + if shard.others_registered() { shard.cfg.drain_timeout } else { Duration::ZERO };
     loop {
         let (connections, in_flight) = load(&shard).await;
         if in_flight == 0 && (connections == 0 || Instant::now() >= deadline) {
@@ -105,12 +102,6 @@ async fn drain(shard: Rc<Shard>) {
 
 /// Open connections and requests in flight, over every shard.
 async fn load(shard: &Rc<Shard>) -> (u64, u64) {
-    let mut total = (0, 0);
-    for peer in 0..shard.cfg.cores {
-        if let Ok((c, f)) = shard.on_owner(peer, |s| async move { (s.metrics.get(M::Connections), s.metrics.get(M::InFlight)) }).await {
-            total.0 += c;
-            total.1 += f;
-        }
-    }
-    total
+    let each = shard.on_every(|s| async move { (s.metrics.get(M::Connections), s.metrics.get(M::InFlight)) }).await;
+    each.into_iter().fold((0, 0), |(c, f), (sc, sf)| (c + sc, f + sf))
 }

@@ -191,12 +191,6 @@ pub fn sum_zones(shards: impl IntoIterator<Item = Vec<sluice_rpc::ZoneBytes>>) -
     by_zone.into_iter().map(|(zone, (received, sent))| sluice_rpc::ZoneBytes { zone, received, sent }).collect()
 }
 
-/// Whether bytes exchanged with clients of `client_zone` crossed a zone: unless both are known
-/// and equal, they may have.
-pub fn crosses(my_zone: &str, client_zone: &str) -> bool {
-    my_zone.is_empty() || client_zone != my_zone
-}
-
 /// Bytes per client zone, and those that crossed a zone, as metrics.
 #[derive(Debug)]
 struct Zones {
@@ -216,7 +210,7 @@ impl Collector for Zones {
                 family.encode_family(&[("client_zone", z.zone.as_str())])?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
             }
         }
-        let crossed = self.zones.iter().filter(|z| crosses(&self.mine, &z.zone));
+        let crossed = self.zones.iter().filter(|z| sluice_rpc::routing::crosses(&self.mine, &z.zone));
         let (received, sent) = crossed.fold((0u64, 0u64), |(r, s), z| (r + z.received, s + z.sent));
         let mut family = encoder.encode_descriptor(
             "sluice_cross_zone_bytes",

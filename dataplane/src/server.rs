@@ -205,11 +205,7 @@ async fn serve_metrics(shard: Rc<Shard>, addr: std::net::SocketAddr) {
 
 /// Every shard's bytes per client zone, summed per zone.
 async fn gather_zones(shard: &Rc<Shard>) -> Vec<sluice_rpc::ZoneBytes> {
-    let mut all = Vec::with_capacity(shard.cfg.cores);
-    for peer in 0..shard.cfg.cores {
-        all.push(shard.on_owner(peer, |s| async move { s.traffic.snapshot() }).await.unwrap_or_default());
-    }
-    crate::metrics::sum_zones(all)
+    crate::metrics::sum_zones(shard.on_every(|s| async move { s.traffic.snapshot() }).await)
 }
 
 /// Reports the data plane's traffic to the control plane every [`STATS_EVERY`] (for its status
@@ -218,20 +214,20 @@ async fn report_stats(shard: Rc<Shard>) {
     use crate::metrics::M;
     loop {
         glommio::timer::sleep(STATS_EVERY).await;
+        let shards = shard
+            .on_every(|s| async move {
+                ([s.metrics.get(M::ProduceBytes), s.metrics.get(M::FetchBytes), s.metrics.get(M::Connections)], s.traffic.snapshot())
+            })
+            .await;
         let mut stats = sluice_rpc::DataPlaneStats::default();
-        for peer in 0..shard.cfg.cores {
-            let counts = shard
-                .on_owner(
-                    peer,
-                    |s| async move { [s.metrics.get(M::ProduceBytes), s.metrics.get(M::FetchBytes), s.metrics.get(M::Connections)] },
-                )
-                .await
-                .unwrap_or_default();
+        let mut zones = Vec::with_capacity(shards.len());
+        for (counts, z) in shards {
             stats.produce_bytes += counts[0];
             stats.fetch_bytes += counts[1];
             stats.connections += counts[2];
+            zones.push(z);
         }
-        stats.zones = gather_zones(&shard).await;
+        stats.zones = crate::metrics::sum_zones(zones);
         // Best effort: a report lost to a reconnect is replaced by the next.
         let _ = shard.rpc.call(Body::DataPlaneStats(stats), STATS_EVERY).await;
     }
@@ -239,9 +235,5 @@ async fn report_stats(shard: Rc<Shard>) {
 
 /// Every shard's counters, in shard order (empty for a shard that did not answer).
 async fn gather(shard: &Rc<Shard>) -> Vec<Vec<u64>> {
-    let mut all = Vec::with_capacity(shard.cfg.cores);
-    for peer in 0..shard.cfg.cores {
-        all.push(shard.on_owner(peer, |s| async move { s.metrics.snapshot() }).await.unwrap_or_default());
-    }
-    all
+    shard.on_every(|s| async move { s.metrics.snapshot() }).await
 }

@@ -91,6 +91,21 @@ impl Shard {
         rx.await.map_err(|_| Error::Internal("owner shard dropped the work"))
     }
 
+    /// Runs `f` on every shard, one after another, and brings their answers back in shard
+    /// order (a shard that could not be reached answers `T::default()`).
+    pub async fn on_every<T, F, Fut>(self: &Rc<Self>, f: F) -> Vec<T>
+    where
+        T: Send + Default + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + Clone + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        let mut all = Vec::with_capacity(self.cfg.cores);
+        for peer in 0..self.cfg.cores {
+            all.push(self.on_owner(peer, f.clone()).await.unwrap_or_default());
+        }
+        all
+    }
+
     /// Appends on the owner; answers once the batches are durable and committed.
     pub async fn append(self: &Rc<Self>, owner: usize, req: AppendReq) -> AppendResult {
         self.on_owner(owner, move |s| async move { s.parts.append(req).await }).await.unwrap_or_else(Err)
@@ -123,7 +138,12 @@ impl Shard {
     /// Draining, with another data plane to send clients to: produce and fetch are refused with
     /// a retriable error, so clients look the partition up again and go there.
     pub fn sends_clients_away(&self) -> bool {
-        self.draining.get() && self.meta.borrow().brokers.iter().any(|b| b.node_id != self.node_id())
+        self.draining.get() && self.others_registered()
+    }
+
+    /// Whether another data plane is registered (somewhere to send clients).
+    pub fn others_registered(&self) -> bool {
+        self.meta.borrow().brokers.iter().any(|b| b.node_id != self.node_id())
     }
 
     /// This data plane as a broker.

@@ -41,6 +41,12 @@ pub fn serving<'a>(brokers: &'a [Broker], zone: Option<&str>) -> Vec<&'a Broker>
     out
 }
 
+/// Whether bytes a data plane in `my_zone` exchanged with clients naming `client_zone` may have
+/// crossed a zone: unless both are known and equal, they may have.
+pub fn crosses(my_zone: &str, client_zone: &str) -> bool {
+    my_zone.is_empty() || client_zone != my_zone
+}
+
 /// The rendezvous key of a partition.
 pub fn partition_key(topic_id: u128, partition: i32) -> u64 {
     mix(mix(topic_id as u64 ^ (topic_id >> 64) as u64) ^ partition as u32 as u64)
